@@ -1,0 +1,59 @@
+"""Shared pytest fixtures and the test session's environment.
+
+The environment is set here, before any test module imports torch or
+huggingface_hub (both read it at import): nothing may reach the Hub, the tiny
+model's ops run on one thread (on a busy 2-core machine more threads only
+spin), W&B stays offline, and the websynthesis cache (where ``model=tiny`` is
+built) is a fresh directory of this session, so tests never read a stale model
+or fill the user's cache. Subprocesses started by tests inherit all of it.
+
+The real WebArena corpus lives beside the checkout (``../shared``) on the
+project's own machines only; a user's clone lacks it, so every test that reads
+it goes through :func:`webarena_tasks_path`, which skips when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SESSION_CACHE = Path(tempfile.mkdtemp(prefix="websynthesis-tests-"))
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["WEBSYNTHESIS_CACHE"] = str(SESSION_CACHE)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    """The tiny random Qwen2 model, built once per session in the session cache."""
+    from websynthesis.models.tiny import build_tiny_model
+
+    return build_tiny_model()
+
+
+def _shared_corpus() -> Path:
+    override = os.environ.get("WEBSYNTHESIS_WEBARENA_TASKS")
+    if override:
+        return Path(override)
+    return REPO_ROOT.parent / "shared" / "data" / "webarena" / "tasks.jsonl"
+
+
+@pytest.fixture(scope="session")
+def webarena_tasks_path() -> Path:
+    """Path of the 644 real WebArena tasks (with first-page trees); skips if absent."""
+    path = _shared_corpus()
+    if not path.is_file():
+        pytest.skip(f"shared WebArena corpus not found at {path}")
+    return path

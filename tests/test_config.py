@@ -1,0 +1,87 @@
+"""Hydra composition: every primary config composes, and bad overrides fail at compose time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from websynthesis.config import register_configs
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+PRIMARY = ("train", "synthesize", "evaluate", "serve")
+
+
+@pytest.fixture(autouse=True)
+def _hydra():
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("name", PRIMARY)
+def test_primary_configs_compose(name: str) -> None:
+    cfg = compose(config_name=name, overrides=["logger=none"] if name != "serve" else [])
+    assert cfg.task_name == name
+    assert cfg.model.name == "tiny"
+    assert cfg.model.roles.policy.template == "policy"
+
+
+def test_every_group_option_composes() -> None:
+    groups = {
+        "synthesize": [
+            "data=demo",
+            "data=webarena",
+            "search=default",
+            "search=small",
+            "model=qwen2_5_7b",
+            "logger=csv",
+            "logger=wandb",
+        ],
+        "train": ["curriculum=bc_only", "trainer=cpu", "trainer=gpu"],
+        "evaluate": ["env=webarena", "env=miniwob"],
+    }
+    for name, overrides in groups.items():
+        for override in overrides:
+            compose(config_name=name, overrides=[override])
+
+
+def test_search_small_extends_default() -> None:
+    cfg = compose(config_name="synthesize", overrides=["search=small"])
+    assert cfg.search.iterations == 4 and cfg.search.exploration_constant == 0.7
+
+
+def test_experiment_is_added_with_plus() -> None:
+    cfg = compose(config_name="synthesize", overrides=["+experiment=demo"])
+    assert cfg.tags == ["demo"] and cfg.logger == {}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("search.iterations=abc", "could not be converted to Integer"),
+        ("search.iteratons=5", "Key 'iteratons' not in 'SearchConfig'"),
+        ("search.batch=maybe", "is not a valid bool"),
+        ("model.roles.policy.temperature=hot", "could not be converted to Float"),
+        ("shard=first", "could not be converted to Integer"),
+        ("serach=small", "Could not override 'serach'"),
+        ("search=huge", "Could not find 'search/huge'"),
+    ],
+)
+def test_bad_overrides_fail_at_compose_time(override: str, message: str) -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose(config_name="synthesize", overrides=[override])
+    chain = f"{info.value} {info.value.__cause__}"
+    assert message in chain
+
+
+def test_no_secret_fields_in_any_config() -> None:
+    for name in PRIMARY:
+        text = OmegaConf.to_yaml(compose(config_name=name))
+        assert "api_key:" not in text and "token:" not in text

@@ -1,0 +1,1 @@
+"""Data: tasks, datasets and builders."""

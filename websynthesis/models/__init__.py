@@ -1,0 +1,1 @@
+"""Model layer: backends (local transformers+peft, OpenAI-compatible), roles, prompts, cache."""

@@ -1,0 +1,259 @@
+"""A :class:`Backend` wrapper that turns many callers' requests into few batches.
+
+The search engine runs many trees as coroutines on one event loop. Each of them
+asks for a handful of generations at a time; a GPU (or an inference server)
+answers a batch of 64 almost as fast as a batch of 1. :class:`BatchingBackend`
+collects what the coroutines submit in one *wave* and sends it to the inner
+backend as one ``agenerate`` call.
+
+**Waves.** The first request of a wave schedules a check on the event loop
+(``call_soon``). The check runs after every callback already queued, i.e.
+after every coroutine that was ready at the same time has run up to its next
+``await``; if anything arrived since the previous check it looks again, and
+only after ``settle_ticks`` consecutive loop turns with no new request does it
+send the batch. The extra turns catch coroutines that are a few scheduling hops
+behind (a task woken by ``asyncio.gather``, a child task of an expansion), so a
+wave is "everything that became ready together", not "whatever came first".
+
+**One batch at a time** (``max_concurrent=1``): while a batch is with the inner
+backend, new requests queue up and leave together, as one bigger batch, when it
+returns. A local GPU runs one batch at a time anyway; an inference server can
+take more (raise ``max_concurrent``).
+
+**Splitting.** At most ``max_batch_size`` distinct requests per inner call; a
+larger wave is sent in several calls, oldest requests first.
+
+**Dedup.** Identical requests in one batch are generated once and the answer is
+copied to each caller; the copies carry ``cached=True`` and zero token counts,
+since nothing was spent for them (the response cache's convention). Only
+repeatable requests are merged: greedy (``temperature == 0``) or seeded ones.
+Two identical unseeded sampled requests ask for two *different* samples and are
+both sent. ``role`` (accounting only) is not part of the identity.
+
+**Failures.** If the inner call raises, or returns the wrong number of results,
+every request of that call gets a :class:`Generation` with ``error`` set; the
+exception never reaches the waiting coroutines, nor the callers of other batches.
+A caller cancelled while waiting is simply not answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from websynthesis.models.cache import is_cacheable
+from websynthesis.models.types import Backend, Generation, GenerationRequest
+
+_Waiter = tuple[GenerationRequest, "asyncio.Future[Generation]", str]
+"""A queued request, the future its caller awaits, and its dedup key."""
+
+
+@dataclass
+class BatchingStats:
+    """``requests`` submitted, ``sent`` to the inner backend in ``batches`` calls.
+
+    ``dedup_hits`` = requests answered by another request's generation;
+    ``failed_batches`` = inner calls that raised or answered wrongly.
+    """
+
+    requests: int = 0
+    sent: int = 0
+    batches: int = 0
+    dedup_hits: int = 0
+    failed_batches: int = 0
+    largest_batch: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class BatchingBackend:
+    """Gathers concurrent ``agenerate`` calls into batched calls of ``inner``.
+
+    Args:
+        inner: the backend that answers the batches.
+        max_batch_size: most distinct requests per inner call.
+        max_concurrent: inner calls in flight at once.
+        settle_ticks: quiet event-loop turns that close a wave.
+    """
+
+    def __init__(
+        self,
+        inner: Backend,
+        max_batch_size: int = 64,
+        max_concurrent: int = 1,
+        settle_ticks: int = 3,
+    ) -> None:
+        if max_batch_size < 1 or max_concurrent < 1 or settle_ticks < 1:
+            raise ValueError("max_batch_size, max_concurrent and settle_ticks must be >= 1")
+        self.inner = inner
+        self.max_batch_size = max_batch_size
+        self.max_concurrent = max_concurrent
+        self.settle_ticks = settle_ticks
+        self.stats = BatchingStats()
+        self._queue: deque[_Waiter] = deque()
+        self._arrivals = 0
+        self._seen = 0
+        self._quiet = 0
+        self._armed: asyncio.AbstractEventLoop | None = None
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unique = itertools.count()
+
+    def __repr__(self) -> str:
+        return f"BatchingBackend({self.inner!r}, max_batch_size={self.max_batch_size})"
+
+    @property
+    def cache_identity(self) -> Any:
+        """The inner backend's, so a response cache can sit on top of the batcher."""
+        return getattr(self.inner, "cache_identity", None)
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        if not requests:
+            return []
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Generation]] = []
+        for request in requests:
+            future: asyncio.Future[Generation] = loop.create_future()
+            self._queue.append((request, future, self._key(request)))
+            futures.append(future)
+        self._arrivals += len(requests)
+        self.stats.requests += len(requests)
+        self._arm(loop)
+        return list(await asyncio.gather(*futures))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start watching for the end of the wave, unless already watching on this loop.
+
+        Keyed by loop: a check left behind by a loop that was closed mid-wave
+        (an interrupted ``asyncio.run``) must not block the next one.
+        """
+        if self._armed is not loop:
+            self._armed = loop
+            self._seen, self._quiet = self._arrivals, 0
+            loop.call_soon(self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Count quiet loop turns; launch when the wave has settled."""
+        if self._arrivals != self._seen:
+            self._seen, self._quiet = self._arrivals, 0
+        else:
+            self._quiet += 1
+        if self._quiet < self.settle_ticks:
+            loop.call_soon(self._tick, loop)
+            return
+        self._armed = None
+        while self._queue and self._running < self.max_concurrent:
+            batch = self._take(loop)
+            if batch:
+                self._running += 1
+                task = loop.create_task(self._send(batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _take(self, loop: asyncio.AbstractEventLoop) -> list[_Waiter]:
+        """Pop waiters, oldest first, up to ``max_batch_size`` distinct requests.
+
+        Waiters nobody awaits any more are dropped: cancelled ones, and those
+        of an event loop that has gone away.
+        """
+        batch: list[_Waiter] = []
+        keys: set[str] = set()
+        queue = self._queue
+        while queue:
+            waiter = queue[0]
+            key = waiter[2]
+            if key not in keys and len(keys) == self.max_batch_size:
+                break
+            queue.popleft()
+            if waiter[1].done() or waiter[1].get_loop() is not loop:
+                continue
+            batch.append(waiter)
+            keys.add(key)
+        return batch
+
+    async def _send(self, batch: list[_Waiter]) -> None:
+        unique: list[GenerationRequest] = []
+        index_of: dict[str, int] = {}
+        slots: list[int] = []
+        for request, _, key in batch:
+            if key not in index_of:
+                index_of[key] = len(unique)
+                unique.append(request)
+            slots.append(index_of[key])
+        stats = self.stats
+        stats.batches += 1
+        stats.sent += len(unique)
+        stats.dedup_hits += len(batch) - len(unique)
+        stats.largest_batch = max(stats.largest_batch, len(unique))
+        try:
+            answers = await self._call(unique)
+            answered: set[int] = set()
+            for (_, future, _), slot in zip(batch, slots, strict=True):
+                if not future.done():  # the first caller still waiting is charged the tokens
+                    answer = answers[slot]
+                    future.set_result(answer if slot not in answered else _copy(answer))
+                    answered.add(slot)
+        finally:
+            self._running -= 1
+            if self._queue:
+                self._arm(asyncio.get_running_loop())
+
+    def _key(self, request: GenerationRequest) -> str:
+        """Requests with the same key get the same answer; unrepeatable ones never share one."""
+        if not is_cacheable(request):
+            return f"#{next(self._unique)}"
+        sampling = request.sampling
+        return json.dumps(
+            [
+                request.messages,
+                request.model,
+                request.grammar,
+                sampling.temperature,
+                sampling.top_p,
+                sampling.max_new_tokens,
+                sampling.n,
+                sampling.seed,
+            ],
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+
+    async def _call(self, requests: list[GenerationRequest]) -> list[Generation]:
+        """The inner call, with every failure turned into per-request errors."""
+        try:
+            answers = await self.inner.agenerate(requests)
+        except Exception as exc:  # any inner failure belongs to this batch's requests only
+            self.stats.failed_batches += 1
+            return [_failed(f"batch_error: {type(exc).__name__}: {exc}") for _ in requests]
+        if len(answers) != len(requests):
+            self.stats.failed_batches += 1
+            message = f"batch_error: backend returned {len(answers)} results for {len(requests)}"
+            return [_failed(message) for _ in requests]
+        return list(answers)
+
+
+def _copy(answer: Generation) -> Generation:
+    """Another caller's copy of a deduplicated answer: own lists, no tokens spent."""
+    if not answer.ok:
+        return replace(answer, texts=list(answer.texts), finish_reasons=list(answer.finish_reasons))
+    return replace(
+        answer,
+        texts=list(answer.texts),
+        finish_reasons=list(answer.finish_reasons),
+        prompt_tokens=0,
+        completion_tokens=0,
+        cached=True,
+    )
+
+
+def _failed(message: str) -> Generation:
+    return Generation(texts=[], error=message)

@@ -1,0 +1,267 @@
+"""Grammar-constrained decoding: the roles' output grammars, and a per-row xgrammar mask.
+
+Why: an action the parser cannot read, or an element id not on the page, is a
+wasted expansion (and with a small or freshly trained policy, most of them are).
+With the grammar enforced at decoding time every response parses, and its ids
+come from the observation.
+
+Grammars are EBNF strings in the GBNF dialect that xgrammar (used by vLLM and
+SGLang too) reads, so the same string constrains this process's
+:class:`~websynthesis.models.local.LocalBackend` and a remote server.
+
+**Finishing within the token budget.** A grammar is free text followed by a
+short structured answer; a model that never ends its free text would be cut
+off by ``max_new_tokens`` before the answer. So a grammar may carry a
+*wrap-up* line, a comment other readers ignore::
+
+    # wrap-up: answer within 120 tokens
+
+meaning "rule ``answer`` can be completed from its start in at most 120
+tokens". When a row has that many tokens left and is still in its free text,
+:class:`GrammarLogitsProcessor` makes it start ``answer`` now (both the full
+grammar and a matcher for ``answer`` then constrain it), so the output always
+matches the grammar and ends inside the budget. The builders below bound every
+free field of an answer and keep it ASCII, where one token is at least one
+byte, so the count is a true worst case.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import xgrammar as xgr
+from transformers import LogitsProcessor
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from websynthesis.web.actions import ANSWER_PHRASE
+
+FENCE = "```"
+_LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # "[10:34:52] /project/cpp/x.cc:820: "
+_WRAP_UP = re.compile(r"^#\s*wrap-up:\s*(?P<rule>\w+)\s+within\s+(?P<n>\d+)\s+tokens", re.M)
+# Tokens that may be spent finishing a multi-byte character before the answer can start.
+_UTF8_SLACK = 3
+# Printable ASCII without space, brackets and backtick: what ids, keys and URLs are made of.
+_WORD_CHAR = r"[!-Z\\^_a-~]"
+_TEXT_CHAR = r"[ !-Z\\^_a-~]"  # the same plus space: typed text and answers
+_MAX_KEYS, _MAX_KEY_CHARS = 3, 12  # press [Control+Shift+ArrowDown]
+
+
+# --- grammar builders ---------------------------------------------------------------------
+
+
+def action_grammar(
+    ids: Sequence[str], *, allow_reasoning: bool = True, max_text_chars: int = 200
+) -> str:
+    """A policy response: reasoning, the answer phrase, and one fenced WebArena action.
+
+    Element actions (click, hover, type) may only name ``ids``. Typed text,
+    ``stop`` answers and ``goto`` URLs are at most ``max_text_chars`` printable
+    ASCII characters without ``[``, ``]`` or a backtick; reasoning is anything
+    without a backtick (so the fence is unambiguous). With no ``ids`` only
+    non-element actions remain.
+    """
+    id_bytes = max((len(i.encode()) for i in ids), default=0)
+    longest_action = max(
+        len("hover [") + id_bytes + len("]"),
+        len("type [") + id_bytes + len("] [") + max_text_chars + len("] [0]"),
+        len("goto [https://") + max_text_chars + len("]"),
+        len("stop [") + max_text_chars + len("]"),
+        len("press [") + _MAX_KEYS * (_MAX_KEY_CHARS + 1) - 1 + len("]"),
+        len("tab_focus [99]"),
+        len("go_forward"),
+    )
+    answer_bytes = len(f"{ANSWER_PHRASE} {FENCE}") + longest_action + len(FENCE)
+    element = ['"click [" id "]"', '"hover [" id "]"', '"type [" id "] [" text "] [" [01] "]"']
+    actions = [
+        *(element if ids else []),
+        f'"press [" key ("+" key){{0,{_MAX_KEYS - 1}}} "]"',
+        '"scroll [" ("up" | "down") "]"',
+        '"goto [http" "s"? "://" url "]"',
+        '"go_back"',
+        '"go_forward"',
+        '"new_tab"',
+        '"tab_focus [" [0-9] [0-9]? "]"',
+        '"close_tab"',
+        '"stop [" text? "]"',
+    ]
+    rules = [
+        _wrap_up_line("answer", answer_bytes),
+        "root ::= reasoning answer" if allow_reasoning else "root ::= answer",
+        "reasoning ::= [^`]*",
+        f"answer ::= {_literal(f'{ANSWER_PHRASE} {FENCE}')} action {_literal(FENCE)}",
+        "action ::= " + " | ".join(actions),
+        f"key ::= [A-Za-z0-9_-]{{1,{_MAX_KEY_CHARS}}}",
+        f"url ::= {_WORD_CHAR}{{1,{max_text_chars}}}",
+        # Starts with a non-space, so it is never blank once stripped.
+        f"text ::= {_WORD_CHAR} {_TEXT_CHAR}{{0,{max_text_chars - 1}}}",
+    ]
+    if ids:
+        rules.append("id ::= " + " | ".join(_literal(i) for i in dict.fromkeys(ids)))
+    return "\n".join(rules) + "\n"
+
+
+def score_grammar(low: int = 1, high: int = 5) -> str:
+    """``Reason: <one line>\\nScore: <integer in [low, high]>`` for the reward role."""
+    if low > high:
+        raise ValueError(f"empty score range [{low}, {high}]")
+    return _reason_then_score(" | ".join(_literal(str(s)) for s in range(low, high + 1)))
+
+
+def judge_grammar() -> str:
+    """``Reason: <one line>\\nScore: 0|0.5|1`` for the success judge."""
+    return _reason_then_score('"0.5" | "0" | "1"')
+
+
+def a11y_grammar() -> str:
+    """The world model's ``<a11y>…</a11y>`` envelope (content free, ``</`` only to close)."""
+    return (
+        "\n".join(
+            [
+                _wrap_up_line("close", len("</a11y>")),
+                'root ::= "<a11y>" content close',
+                'content ::= ([^<] | "<" [^/])*',
+                'close ::= "</a11y>"',
+            ]
+        )
+        + "\n"
+    )
+
+
+def _reason_then_score(score: str) -> str:
+    longest_score = 3  # "0.5" or a small integer
+    return (
+        "\n".join(
+            [
+                _wrap_up_line("score_line", len("\nScore: ") + longest_score),
+                'root ::= "Reason: " [^\\n]* score_line',
+                f'score_line ::= "\\nScore: " ({score})',
+            ]
+        )
+        + "\n"
+    )
+
+
+def _wrap_up_line(rule: str, answer_bytes: int) -> str:
+    # One token per byte at worst, one for the end-of-turn token, and the UTF-8 slack.
+    return f"# wrap-up: {rule} within {answer_bytes + 1 + _UTF8_SLACK} tokens"
+
+
+def _literal(text: str) -> str:
+    """An EBNF string literal (JSON escapes are a subset of GBNF's)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+# --- compiling and enforcing --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One request's compiled grammar, and its wrap-up rule if it declares one."""
+
+    grammar: xgr.CompiledGrammar
+    wrap_up: xgr.CompiledGrammar | None = None
+    reserve: int = 0  # tokens ``wrap_up`` needs at most, end-of-turn included
+
+
+class GrammarCompiler:
+    """Compiles EBNF strings for one tokenizer; xgrammar caches each compiled grammar.
+
+    ``vocab_size`` is the model's (lm_head rows), which may exceed the
+    tokenizer's; ``stop_token_ids`` are the tokens that end a turn, which the
+    grammar allows exactly when its output is complete.
+    """
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_token_ids: Sequence[int]
+    ) -> None:
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_token_ids)
+        )
+        self._compiler = xgr.GrammarCompiler(info)
+
+    def compile(self, ebnf: str) -> Constraint:
+        """Compile ``ebnf`` (root rule ``root``); raises ValueError when it does not compile."""
+        try:
+            grammar = self._compiler.compile_grammar(ebnf)
+            declared = _WRAP_UP.search(ebnf)
+            if declared is None:
+                return Constraint(grammar)
+            rule = declared["rule"]
+            wrap_up = self._compiler.compile_grammar(ebnf, root_rule_name=rule)
+        except RuntimeError as error:  # xgrammar reports parse errors as RuntimeError
+            message = str(error).strip().splitlines()[-1]
+            raise ValueError(_LOG_PREFIX.sub("", message)) from None
+        return Constraint(grammar, wrap_up, int(declared["n"]))
+
+
+class GrammarLogitsProcessor(LogitsProcessor):
+    """Masks each row's logits to its own grammar; rows without one are left alone.
+
+    Built for one ``generate`` call (matchers hold per-sequence state). Row
+    ``i`` of the batch follows ``constraints[i]``; ``max_new_tokens`` is the
+    call's budget, which drives the wrap-up (see the module docstring). Must
+    come before temperature / top-p / sampling, so they only see allowed tokens.
+    """
+
+    def __init__(self, constraints: Sequence[Constraint | None], max_new_tokens: int) -> None:
+        self._constraints = list(constraints)
+        self._matchers = [xgr.GrammarMatcher(c.grammar) if c else None for c in constraints]
+        self._finishers: list[xgr.GrammarMatcher | None] = [None] * len(constraints)
+        self._max_new_tokens = max_new_tokens
+        self._step = 0
+        vocab_size = next(c.grammar.tokenizer_info.vocab_size for c in constraints if c)
+        self._bitmask = xgr.allocate_token_bitmask(len(constraints), vocab_size)
+        self._scratch = xgr.allocate_token_bitmask(1, vocab_size)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        tokens_left = self._max_new_tokens - self._step
+        last = input_ids[:, -1].tolist()  # one device sync, not one per row
+        active = []
+        for row, matcher in enumerate(self._matchers):
+            if matcher is None or matcher.is_terminated():
+                continue
+            if self._step > 0:
+                self._accept(row, last[row])
+            if matcher.is_terminated():
+                continue
+            matcher.fill_next_token_bitmask(self._bitmask, row)
+            self._wrap_up(row, tokens_left)
+            active.append(row)
+        self._step += 1
+        if active:
+            xgr.apply_token_bitmask_inplace(
+                scores, self._bitmask.to(scores.device, non_blocking=True), indices=active
+            )
+        return scores
+
+    def _accept(self, row: int, token: int) -> None:
+        matcher, finisher = self._matchers[row], self._finishers[row]
+        if not matcher.accept_token(token):
+            raise RuntimeError(f"row {row}: token {token} was sampled outside its grammar")
+        if finisher is not None and not finisher.accept_token(token):
+            self._finishers[row] = None
+
+    def _wrap_up(self, row: int, tokens_left: int) -> None:
+        """Narrow ``row`` to its wrap-up rule once its budget is down to that rule's reserve."""
+        constraint = self._constraints[row]
+        if constraint.wrap_up is None or tokens_left > constraint.reserve:
+            return
+        finisher = self._finishers[row]
+        if finisher is None:
+            finisher = xgr.GrammarMatcher(constraint.wrap_up)
+            # Start only where the full grammar could take the wrap-up rule's fixed opening:
+            # in free text, not inside a field of the answer that happens to allow its letters.
+            probe = self._matchers[row].fork()
+            if not probe.accept_string(finisher.find_jump_forward_string()):
+                return
+        finisher.fill_next_token_bitmask(self._scratch, 0)
+        narrowed = self._bitmask[row] & self._scratch[0]
+        if bool(narrowed.any()):
+            self._bitmask[row] = narrowed
+            self._finishers[row] = finisher
+        else:
+            self._finishers[row] = None

@@ -1,0 +1,90 @@
+"""The contract between model roles and backends.
+
+Everything that talks to a model (search, training-data builders, evaluation)
+speaks in :class:`GenerationRequest` batches and gets :class:`Generation`
+results back, whatever the backend: a local transformers+peft model, or an
+OpenAI-compatible server (OpenAI, vLLM, SGLang, ``websynthesis.serve``).
+Requests are batches on purpose: the search engine gathers many questions per
+wave and a backend is free to run them as one ``generate`` call.
+
+A backend never raises for one bad request in a batch: the request's
+:class:`Generation` carries ``error`` instead, so one failure cannot sink the
+other requests of a wave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+Message = dict[str, str]
+"""One chat message: ``{"role": "system"|"user"|"assistant", "content": str}``."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters of one request.
+
+    ``temperature == 0`` means greedy decoding. ``seed`` makes sampling
+    reproducible (and is part of the response-cache key).
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    n: int = 1
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One chat-completion question to a backend.
+
+    ``model`` names the LoRA adapter (or served model name) that answers; ``None``
+    is the base model. ``grammar`` is an optional EBNF grammar (xgrammar /
+    GBNF dialect, root rule ``root``) that the *whole* assistant output must
+    match; backends that cannot enforce it say so in ``Generation.error``
+    rather than silently ignoring it. ``role`` is used for accounting only.
+    """
+
+    messages: tuple[Message, ...]
+    sampling: Sampling = Sampling()
+    model: str | None = None
+    grammar: str | None = None
+    role: str = ""
+
+
+@dataclass
+class Generation:
+    """The answer to one request: ``n`` sampled texts plus token usage."""
+
+    texts: list[str]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reasons: list[str] = field(default_factory=list)
+    cached: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Anything that answers batches of chat requests."""
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Answer every request, in order; one result per request."""
+        ...
+
+    def close(self) -> None:
+        """Release clients, servers or device memory."""
+        ...
+
+
+def generate(backend: Backend, requests: Sequence[GenerationRequest]) -> list[Generation]:
+    """Synchronous convenience wrapper around :meth:`Backend.agenerate`."""
+    return asyncio.run(backend.agenerate(list(requests)))

@@ -1,0 +1,1 @@
+"""Pipelines behind the entry points: each takes the composed config and does one job."""

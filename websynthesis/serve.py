@@ -1,0 +1,478 @@
+"""An OpenAI-compatible HTTP server over any :class:`Backend` (the local one in practice).
+
+``python -m websynthesis.serve model=tiny port=8000`` serves the base model and
+each configured LoRA adapter as model names on ``POST /v1/chat/completions``
+and ``GET /v1/models``, so anything that speaks the OpenAI API (our
+:class:`~websynthesis.models.openai_backend.OpenAIBackend` with
+``grammar_mode=websynthesis``, other tools, several synthesis workers at once)
+can share one loaded model.
+
+Requests that arrive together are answered together: a :class:`MicroBatcher`
+gathers requests for up to ``batch_window_ms`` after the first one, or until
+``max_batch_size`` are waiting, and sends them to the backend as one
+``agenerate`` batch. One batch runs at a time (a local model is one device);
+requests that arrive meanwhile form the next batch.
+
+Beyond the OpenAI fields, a request may carry ``grammar`` (an EBNF string the
+whole answer must match). The server binds loopback by default; a bearer token
+is required when ``auth_token_env`` names an environment variable holding one.
+:class:`FaultInjector` lets tests make chosen requests fail or hang; it can only
+be passed to :func:`build_app`, never switched on from the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import hydra
+import uvicorn
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
+
+from websynthesis.config import register_configs
+from websynthesis.models.types import Backend, Generation, GenerationRequest, Sampling
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Error kinds of a backend's Generation.error that are the request's own fault.
+_STATUS_BY_KIND = {
+    "bad_request": 400,
+    "context_length": 400,
+    "grammar_unsupported": 400,
+    "not_found": 404,
+}
+# Module level: with postponed annotations FastAPI resolves dependencies from globals.
+_BEARER = HTTPBearer(auto_error=False)
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(BaseModel):
+    """The subset of OpenAI's chat-completion request we honour, plus ``grammar``.
+
+    Unknown fields are ignored, as OpenAI-compatible servers usually do, so
+    clients that send e.g. ``user`` or ``logprobs=false`` still work.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=128)
+    seed: int | None = None
+    grammar: str | None = None
+    stream: bool = False
+
+
+@dataclass
+class _Fault:
+    status: int | None  # None: hang
+    remaining: int | None  # None: forever
+    match: str | None
+    hang_s: float = 0.0
+    retry_after: float | None = None
+    message: str = "injected fault"
+
+
+class FaultInjector:
+    """Test hook: make chosen requests fail with an HTTP status, or hang, before they run.
+
+    A fault applies to the next ``times`` requests (``None``: every request)
+    whose last message contains ``match`` (``None``: any request). Faults are
+    checked in the order added; each request meets at most one.
+    """
+
+    def __init__(self) -> None:
+        self._faults: list[_Fault] = []
+        self._lock = threading.Lock()
+
+    def fail(
+        self,
+        status: int,
+        times: int | None = 1,
+        match: str | None = None,
+        retry_after: float | None = None,
+        message: str = "injected fault",
+    ) -> None:
+        """Answer matching requests with ``status`` (e.g. 500, 429, 400) and ``message``."""
+        with self._lock:
+            self._faults.append(
+                _Fault(status, times, match, retry_after=retry_after, message=message)
+            )
+
+    def hang(self, seconds: float, times: int | None = 1, match: str | None = None) -> None:
+        """Delay matching requests by ``seconds`` before answering them normally."""
+        with self._lock:
+            self._faults.append(_Fault(None, times, match, hang_s=seconds))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def take(self, request: ChatCompletionRequest) -> _Fault | None:
+        """The fault this request meets, if any (and count it as used)."""
+        last = request.messages[-1].content
+        with self._lock:
+            for fault in self._faults:
+                if fault.remaining == 0 or (fault.match is not None and fault.match not in last):
+                    continue
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                return fault
+        return None
+
+
+@dataclass
+class ServerStats:
+    """Requests in flight (now and at most) and how they were batched (the latest 1000)."""
+
+    requests: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    batches: int = 0
+    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
+
+
+class MicroBatcher:
+    """Gathers concurrent requests into one ``agenerate`` call per batch.
+
+    The first waiting request opens a window of ``window_s``; the batch goes
+    when the window closes or ``max_batch_size`` requests (not samples: the
+    backend splits rows itself) wait, whichever is first. A request whose
+    handler was cancelled before its batch left is dropped.
+    """
+
+    def __init__(
+        self, backend: Backend, window_s: float, max_batch_size: int, stats: ServerStats
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.backend = backend
+        self.window_s = window_s
+        self.max_batch_size = max_batch_size
+        self.stats = stats
+        self._pending: list[tuple[GenerationRequest, asyncio.Future[Generation], float]] = []
+        self._arrived = asyncio.Event()
+        self._full = asyncio.Event()
+
+    async def submit(self, request: GenerationRequest) -> Generation:
+        future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future, time.monotonic()))
+        self._arrived.set()
+        if len(self._pending) >= self.max_batch_size:
+            self._full.set()
+        return await future
+
+    async def run(self) -> None:
+        """The batching loop; runs until cancelled."""
+        while True:
+            await self._arrived.wait()
+            wait = self._pending[0][2] + self.window_s - time.monotonic()
+            if wait > 0 and len(self._pending) < self.max_batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), wait)
+            batch = self._pending[: self.max_batch_size]
+            self._pending = self._pending[self.max_batch_size :]
+            if not self._pending:
+                self._arrived.clear()
+            if len(self._pending) < self.max_batch_size:
+                self._full.clear()
+            batch = [item for item in batch if not item[1].done()]
+            if batch:
+                await self._answer(batch)
+
+    async def _answer(
+        self, batch: list[tuple[GenerationRequest, asyncio.Future[Generation], float]]
+    ) -> None:
+        self.stats.batches += 1
+        self.stats.batch_sizes.append(len(batch))
+        try:
+            results = await self.backend.agenerate([request for request, _, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"backend answered {len(results)} of {len(batch)} requests")
+        except Exception as exc:
+            log.exception("backend failed on a batch of %d", len(batch))
+            for _, future, _ in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future, _), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
+def _error(
+    status: int,
+    message: str,
+    kind: str = "invalid_request_error",
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An error in OpenAI's shape, which the ``openai`` client turns into its exceptions."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _ApiError(Exception):
+    def __init__(self, response: JSONResponse) -> None:
+        self.response = response
+
+
+def build_app(
+    backend: Backend,
+    model_names: Sequence[str],
+    auth_token: str | None = None,
+    batch_window_ms: float = 10.0,
+    max_batch_size: int = 64,
+    faults: FaultInjector | None = None,
+) -> FastAPI:
+    """The FastAPI app; ``model_names[0]`` is the base model, the rest are adapter names.
+
+    Requests for the base model reach the backend with ``model=None``, those for
+    an adapter with ``model=<adapter name>``. ``faults`` is for tests only.
+    """
+    if not model_names:
+        raise ValueError("model_names needs at least the base model's name")
+    base, served = model_names[0], set(model_names)
+    stats = ServerStats()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher = MicroBatcher(backend, batch_window_ms / 1000, max_batch_size, stats)
+        app.state.batcher = batcher
+        worker = asyncio.create_task(batcher.run(), name="micro-batcher")
+        try:
+            yield
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    app = FastAPI(title="websynthesis", lifespan=lifespan)
+    app.state.stats = stats
+
+    def authorize(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> None:
+        if auth_token is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not secrets.compare_digest(given.encode(), auth_token.encode()):
+            raise _ApiError(
+                _error(
+                    401,
+                    "missing or invalid bearer token",
+                    "authentication_error",
+                    "invalid_api_key",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+            )
+
+    @app.exception_handler(_ApiError)
+    async def _api_error(_: Request, exc: _ApiError) -> JSONResponse:
+        return exc.response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors()
+        )
+        return _error(400, details or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> dict[str, Any]:
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "websynthesis"}
+            for name in model_names
+        ]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], response_model=None)
+    async def chat_completions(body: ChatCompletionRequest) -> dict[str, Any] | JSONResponse:
+        stats.requests += 1
+        stats.in_flight += 1
+        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        try:
+            return await _complete(body)
+        finally:
+            stats.in_flight -= 1
+
+    async def _complete(body: ChatCompletionRequest) -> dict[str, Any] | JSONResponse:
+        if body.stream:
+            return _error(400, "stream=true is not supported", code="unsupported")
+        if body.model not in served:
+            message = f"model {body.model!r} is not served here"
+            return _error(404, message, code="model_not_found")
+        fault = faults.take(body) if faults is not None else None
+        if fault is not None and fault.status is not None:
+            headers = None
+            if fault.retry_after is not None:
+                headers = {"Retry-After": str(fault.retry_after)}
+            return _error(fault.status, fault.message, "server_error", headers=headers)
+        if fault is not None:
+            await asyncio.sleep(fault.hang_s)
+        max_new = body.max_completion_tokens or body.max_tokens or Sampling().max_new_tokens
+        request = GenerationRequest(
+            messages=tuple(m.model_dump() for m in body.messages),
+            sampling=Sampling(
+                temperature=body.temperature,
+                top_p=body.top_p,
+                max_new_tokens=max_new,
+                n=body.n,
+                seed=body.seed,
+            ),
+            model=None if body.model == base else body.model,
+            grammar=body.grammar,
+        )
+        try:
+            generation = await app.state.batcher.submit(request)
+        except Exception as exc:
+            return _error(500, f"backend failed: {type(exc).__name__}", "server_error")
+        if not generation.ok:
+            return _generation_error(generation.error or "internal: generation failed")
+        return _completion_body(body.model, generation)
+
+    return app
+
+
+def _generation_error(error: str) -> JSONResponse:
+    """A backend's ``"<kind>: <message>"`` as an HTTP error; ``code`` carries the kind.
+
+    The request's own faults are 4xx, which clients do not retry; anything else
+    (``internal``: out of memory, a kernel error) is a 500, which they may.
+    """
+    kind = error.partition(":")[0].strip()
+    status = _STATUS_BY_KIND.get(kind, 500)
+    return _error(status, error, "invalid_request_error" if status < 500 else "server_error", kind)
+
+
+def _completion_body(model: str, generation: Generation) -> dict[str, Any]:
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": (
+                generation.finish_reasons[i] if i < len(generation.finish_reasons) else "stop"
+            ),
+            "logprobs": None,
+        }
+        for i, text in enumerate(generation.texts)
+    ]
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+            "total_tokens": generation.prompt_tokens + generation.completion_tokens,
+        },
+    }
+
+
+def run_server(
+    backend: Backend,
+    model_names: Sequence[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    auth_token: str | None = None,
+    batch_window_ms: float = 10.0,
+    max_batch_size: int = 64,
+) -> None:
+    """Serve until interrupted, then close the backend."""
+    if host not in _LOOPBACK and auth_token is None:
+        log.warning("serving on %s without a bearer token: anyone reaching it may use it", host)
+    app = build_app(backend, model_names, auth_token, batch_window_ms, max_batch_size)
+    try:
+        uvicorn.run(app, host=host, port=port)
+    finally:
+        stats: ServerStats = app.state.stats
+        log.info("served %d requests in %d batches", stats.requests, stats.batches)
+        backend.close()
+
+
+@contextlib.contextmanager
+def serve_in_background(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a daemon thread; yields its base URL (``port=0``: any free one).
+
+    For tests and for a job that serves its own in-process model to
+    OpenAI-compatible clients. Requests still running at exit get a few seconds.
+    """
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"server on {host}:{port} did not start")
+        time.sleep(0.01)
+    bound_port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@hydra.main(config_path="../conf", config_name="serve", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Serve ``cfg.model``: its backend, under its name and those of its configured adapters."""
+    token = None
+    if cfg.auth_token_env:
+        token = os.environ.get(cfg.auth_token_env)
+        if not token:
+            raise SystemExit(f"auth_token_env names {cfg.auth_token_env!r}, which is not set")
+    adapters = [name for name, path in (cfg.model.get("adapters") or {}).items() if path]
+    run_server(
+        instantiate(cfg.model.backend),
+        [cfg.model.name, *adapters],
+        host=cfg.host,
+        port=cfg.port,
+        auth_token=token,
+        batch_window_ms=cfg.batch_window_ms,
+        max_batch_size=cfg.max_batch_size,
+    )
+
+
+if __name__ == "__main__":
+    register_configs()
+    main()

@@ -1,0 +1,1 @@
+"""Web layer: observations (accessibility trees) and actions."""

@@ -1,0 +1,591 @@
+"""The WebArena id-based action space: one immutable :class:`Action` type and its grammar.
+
+Why this module exists: the reference code never parsed actions. It tested raw model output with
+substrings (``'stop' in text``, ``'type' in text``), so reasoning such as "before I stop", the URL
+``onestopmarket.com`` or ``type [5] [stop sign]`` counted as a stop, ended searches early and
+spliced valid steps out of the SFT data (audit B1, B2, D2). Here a string is parsed exactly once,
+by :func:`parse_action`, into an :class:`Action`; everything downstream (terminal detection,
+dedup, world-model input, BrowserGym execution, training data) reads its fields.
+
+Grammar (WebArena ``browser_env/actions.py`` plus the tolerances listed in :func:`parse_action`)::
+
+    click [id]   hover [id]   type [id] [text] [0|1]   press [keys]   scroll [up|down]
+    goto [url]   go_back   go_forward   new_tab   tab_focus [n]   close_tab   stop [answer]
+
+Every field is canonicalised when an :class:`Action` is built, so two actions that mean the same
+thing to the browser compare equal and ``parse_action(a.to_string()) == a`` for every action.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+
+class ActionKind(StrEnum):
+    """The verbs of the WebArena id-based grammar; the value is the canonical verb."""
+
+    CLICK = "click"
+    HOVER = "hover"
+    TYPE = "type"
+    PRESS = "press"
+    SCROLL = "scroll"
+    GOTO = "goto"
+    GO_BACK = "go_back"
+    GO_FORWARD = "go_forward"
+    NEW_TAB = "new_tab"
+    TAB_FOCUS = "tab_focus"
+    CLOSE_TAB = "close_tab"
+    STOP = "stop"
+
+
+class Reason(StrEnum):
+    """Machine-readable codes carried by :class:`ActionParseError` and :class:`ValidationResult`.
+
+    They are strings (``Reason.BAD_FLAG == "bad_flag"``) so callers can count and log them, and so
+    a policy re-prompt can say precisely what was wrong instead of silently resampling (B10).
+    """
+
+    # parse_action
+    NOT_TEXT = "not_text"  # the input is not a str
+    EMPTY = "empty"  # nothing but whitespace
+    UNKNOWN_VERB = "unknown_verb"  # e.g. select_option, wait, a word from prose
+    MISSING_BRACKETS = "missing_brackets"  # click 12, stop N/A
+    BAD_BRACKETS = "bad_brackets"  # unclosed or nested brackets, () where text may hold ()
+    TRAILING_TEXT = "trailing_text"  # click [12] and more words
+    UNEXPECTED_ARGUMENT = "unexpected_argument"  # go_back [3], or a field the kind does not have
+    MISSING_TARGET = "missing_target"  # click, click []
+    BAD_TARGET = "bad_target"  # click [Submit]: ids hold digits
+    MISSING_TEXT = "missing_text"  # type [12], type [12] [] [1]
+    BAD_FLAG = "bad_flag"  # type [12] [x] [2]
+    BAD_KEYS = "bad_keys"  # press [], press [Control a]
+    BAD_DIRECTION = "bad_direction"  # scroll [left], scroll
+    MISSING_URL = "missing_url"  # goto, goto []
+    BAD_TAB_INDEX = "bad_tab_index"  # tab_focus [first], tab_focus [-1]
+    # extract_action (whole model responses)
+    NO_ANSWER_PHRASE = "no_answer_phrase"  # no answer phrase, Action: label or lone action block
+    NO_ACTION = "no_action"  # an answer phrase followed by nothing
+    UNCLOSED_FENCE = "unclosed_fence"  # ```click [12]  (truncated response)
+    AMBIGUOUS_ACTION = "ambiguous_action"  # no answer phrase and several action blocks
+    # Action.validate (against an observation)
+    UNKNOWN_ID = "unknown_id"  # the element is not in the tree
+    NOT_TYPEABLE = "not_typeable"  # type into a link, a button, ...
+    BAD_URL = "bad_url"  # goto needs an absolute http(s) URL without whitespace
+
+
+class ActionParseError(ValueError):
+    """An action string, a model response or an Action's fields do not form a valid action.
+
+    ``reason`` is a :class:`Reason`; ``message`` says what was seen, for logs and re-prompts.
+    The constructor arguments are kept as ``args`` so the error pickles across worker processes.
+    """
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(reason, message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.reason}]"
+
+
+_ELEMENT_KINDS = frozenset({ActionKind.CLICK, ActionKind.HOVER, ActionKind.TYPE})
+_BARE_KINDS = frozenset(
+    {ActionKind.GO_BACK, ActionKind.GO_FORWARD, ActionKind.NEW_TAB, ActionKind.CLOSE_TAB}
+)
+# "(...)" may stand for "[...]" only where the argument can never itself contain parentheses:
+# ids, directions, tab indices and key names. Typed text, URLs and answers can, so there the
+# form is refused rather than guessed at.
+_PAREN_KINDS = _BARE_KINDS | {
+    ActionKind.CLICK,
+    ActionKind.HOVER,
+    ActionKind.SCROLL,
+    ActionKind.TAB_FOCUS,
+    ActionKind.PRESS,
+}
+# WebEvolver's prompt spells go_back as "goback".
+_VERBS: dict[str, ActionKind] = {kind.value: kind for kind in ActionKind} | {
+    "goback": ActionKind.GO_BACK
+}
+_DIRECTIONS = frozenset({"up", "down"})
+
+_VERB_RE = re.compile(r"[A-Za-z_]+")
+# WebArena ids are CDP node ids ("164"); BrowserGym bids carry a letter frame prefix ("a51").
+# Requiring a digit is what rejects words an LLM puts where the id belongs ("click [Submit]").
+_ID_RE = re.compile(r"[A-Za-z]*[0-9]+")
+_TAB_INDEX_RE = re.compile(r"[0-9]+")
+_KEYS_RE = re.compile(r"[^\s\[\]]+")
+_KEY_JOIN_RE = re.compile(r"\s*\+\s*")
+_DIRECTION_PREFIX_RE = re.compile(r"direction\s*=\s*", re.IGNORECASE)
+# The enter flag of ``type``: a bare integer, or WebEvolver's ``press_enter_after=<v>``.
+_FLAG_RE = re.compile(r"press_enter_after\s*=\s*(?P<named>.*)|(?P<bare>-?[0-9]+)", re.IGNORECASE)
+_SPACE_RE = re.compile(r"\s+")
+
+# The pixel step of a BrowserGym scroll. WebArena scrolls one viewport (720 px at its 1280x720
+# default); 500 px keeps an overlap so no line of text falls between two observations.
+BROWSERGYM_SCROLL_PX = 500
+
+
+class AXNodeLike(Protocol):
+    """What validation reads from an observation node (``websynthesis.web.observation.AXNode``)."""
+
+    @property
+    def role(self) -> str: ...
+
+
+class AXTreeLike(Protocol):
+    """What validation reads from an observation (``websynthesis.web.observation.AXTree``)."""
+
+    def get(self, node_id: str) -> AXNodeLike | None: ...
+
+
+# Roles that accept typed text. Chrome exposes <input>, <textarea> and contenteditable as
+# "textbox", search inputs as "searchbox", autocompletes and <select> as "combobox" and number
+# inputs as "spinbutton" (the four text-entry roles found in the WebArena start pages).
+TYPEABLE_ROLES = frozenset({"textbox", "searchbox", "combobox", "spinbutton"})
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    """Whether an action can run on an observation; ``reason`` is a :class:`Reason` when not."""
+
+    ok: bool
+    reason: str = ""
+    message: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+_VALID = ValidationResult(True)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One WebArena action, canonicalised on construction.
+
+    Fields by kind (all others are ``None``/``False``, anything else raises
+    :class:`ActionParseError`):
+
+    - click, hover: ``target`` = element id (digits with an optional letter frame prefix).
+    - type: ``target`` = element id, ``text`` = the text, ``press_enter`` = the ``[1]`` flag.
+      The grammar's default for a missing flag (Enter) is applied by the parser, not here.
+    - press: ``text`` = key combination, e.g. ``Control+a`` (spaces around ``+`` are dropped).
+    - scroll: ``text`` = ``"up"`` or ``"down"``.
+    - goto: ``text`` = URL (checked by :meth:`validate`, since only a page can refuse it).
+    - tab_focus: ``target`` = the tab index as a decimal string ("1"); it names what the action
+      acts on, like an element id, so it lives in ``target``.
+    - stop: ``text`` = the answer; ``""`` for none (``None`` is accepted and becomes ``""``),
+      ``"N/A"`` for infeasible. An empty answer stays empty: WebArena's program_html tasks end
+      with a bare ``stop``, which the reference wrongly rewrote to ``N/A``.
+
+    Surrounding whitespace is stripped from every string field.
+    """
+
+    kind: ActionKind
+    target: str | None = None
+    text: str | None = None
+    press_enter: bool = False
+
+    def __post_init__(self) -> None:
+        kind = _coerce_kind(self.kind)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "target", _canonical_target(kind, self.target))
+        object.__setattr__(self, "text", _canonical_text(kind, self.text))
+        if not isinstance(self.press_enter, bool):
+            raise ActionParseError(
+                Reason.BAD_FLAG, f"press_enter must be a bool, not {_show(self.press_enter)}"
+            )
+        if self.press_enter and kind is not ActionKind.TYPE:
+            raise ActionParseError(
+                Reason.BAD_FLAG, f"press_enter is only meaningful for type, not {kind}"
+            )
+
+    @property
+    def is_infeasible(self) -> bool:
+        """``stop [N/A]``: the policy declares the task unachievable (WebArena's convention)."""
+        return self.kind is ActionKind.STOP and (self.text or "").casefold() == "n/a"
+
+    def to_string(self) -> str:
+        """The canonical WebArena form, e.g. ``type [164] [restaurants near CMU] [1]``."""
+        kind = self.kind
+        if kind in _BARE_KINDS:
+            return kind.value
+        if kind is ActionKind.TYPE:
+            return f"type [{self.target}] [{self.text}] [{int(self.press_enter)}]"
+        argument = self.target if self.target is not None else self.text
+        return f"{kind.value} [{argument}]"
+
+    __str__ = to_string
+
+    def validate(self, tree: AXTreeLike) -> ValidationResult:
+        """Whether this action can run on ``tree``; syntax was already checked at construction.
+
+        Element actions need their id in the tree (``tree.get``; never a match on a node's name,
+        which the reference did), and ``type`` needs a role from :data:`TYPEABLE_ROLES`.
+        ``goto`` needs an absolute http(s) URL. Scroll directions and tab indices cannot be
+        invalid on a built Action; WebArena observations do not list tabs, so a tab index beyond
+        the open tabs is left for the browser to refuse.
+        """
+        if self.kind in _ELEMENT_KINDS:
+            node = tree.get(str(self.target))
+            if node is None:
+                return ValidationResult(
+                    False, Reason.UNKNOWN_ID, f"no element [{self.target}] in the observation"
+                )
+            if self.kind is ActionKind.TYPE and node.role.casefold() not in TYPEABLE_ROLES:
+                return ValidationResult(
+                    False,
+                    Reason.NOT_TYPEABLE,
+                    f"[{self.target}] is a {node.role!r}, not a text field",
+                )
+        elif self.kind is ActionKind.GOTO and not _is_http_url(self.text or ""):
+            return ValidationResult(
+                False, Reason.BAD_URL, f"not an absolute http(s) URL: {self.text!r}"
+            )
+        return _VALID
+
+    def browsergym_calls(self) -> tuple[str, ...]:
+        """This action as BrowserGym high-level calls, one string per call.
+
+        Only ``type ... [1]`` needs two (``fill`` then ``press(bid, 'Enter')``); with a
+        ``HighLevelActionSet(multiaction=False)`` run them as consecutive steps. Strings are
+        quoted with ``repr``, which BrowserGym's parser reads back with ``ast.literal_eval``.
+        Subsets needed: bid, nav, tab, chat, infeas, plus ``keyboard_press`` (coord subset or the
+        "webarena" preset) for ``press``. Unlike WebArena's ``type``, ``fill`` replaces the
+        field's content instead of appending to it.
+        """
+        q = repr
+        match self.kind:
+            case ActionKind.CLICK | ActionKind.HOVER:
+                return (f"{self.kind.value}({q(self.target)})",)
+            case ActionKind.TYPE:
+                fill = f"fill({q(self.target)}, {q(self.text)})"
+                return (fill, f"press({q(self.target)}, 'Enter')") if self.press_enter else (fill,)
+            case ActionKind.PRESS:
+                return (f"keyboard_press({q(self.text)})",)
+            case ActionKind.SCROLL:
+                step = BROWSERGYM_SCROLL_PX if self.text == "down" else -BROWSERGYM_SCROLL_PX
+                return (f"scroll(0, {step})",)
+            case ActionKind.GOTO:
+                return (f"goto({q(self.text)})",)
+            case ActionKind.TAB_FOCUS:
+                return (f"tab_focus({self.target})",)
+            case ActionKind.CLOSE_TAB:
+                return ("tab_close()",)
+            case ActionKind.STOP:
+                call = "report_infeasible" if self.is_infeasible else "send_msg_to_user"
+                return (f"{call}({q(self.text)})",)
+            case _:  # go_back, go_forward, new_tab share their BrowserGym name
+                return (f"{self.kind.value}()",)
+
+    def to_browsergym(self) -> str:
+        """:meth:`browsergym_calls` joined by newlines: one BrowserGym step with multiaction on."""
+        return "\n".join(self.browsergym_calls())
+
+
+def parse_action(s: str) -> Action:
+    """Parse one action string (not a whole model response: see ``extract_action``).
+
+    Tolerated: surrounding whitespace; any case of the verb; ``goback`` (WebEvolver); no space
+    before ``[``; whitespace inside brackets; a missing ``type`` flag (means ``[1]``, WebArena's
+    default); ``[press_enter_after=0|1]``; ``scroll [direction=down]`` and bare ``scroll down``
+    (WebArena's own regex accepts the latter); ``Control + a``; ``[]`` or ``()`` after a verb
+    without argument, ``stop`` and ``stop []`` (empty answer); ``(...)`` instead of ``[...]`` for
+    click, hover, scroll, tab_focus, press and the argument-less verbs. Typed text, answers and
+    URLs take everything up to the last ``]`` (the type flag is read from the end first), so
+    ``type [12] [a [b] c] [1]`` types ``a [b] c``.
+
+    Raises :class:`ActionParseError` (never anything else) with a :class:`Reason` otherwise.
+    """
+    if not isinstance(s, str):
+        raise ActionParseError(Reason.NOT_TEXT, f"expected a str, got {type(s).__name__}")
+    s = s.strip()
+    if not s:
+        raise ActionParseError(Reason.EMPTY, "empty action")
+    match = _VERB_RE.match(s)
+    kind = _VERBS.get(match.group().casefold()) if match else None
+    if match is None or kind is None:
+        raise ActionParseError(Reason.UNKNOWN_VERB, f"unknown action verb in {_show(s)}")
+    rest = s[match.end() :].lstrip()
+    if rest.startswith("("):
+        if kind not in _PAREN_KINDS:
+            raise ActionParseError(
+                Reason.BAD_BRACKETS, f"{kind} takes [...], not (...): {_show(s)}"
+            )
+        if not rest.endswith(")"):
+            raise ActionParseError(Reason.BAD_BRACKETS, f"unclosed '(' in {_show(s)}")
+        rest = f"[{rest[1:-1]}]"
+    return _PARSERS[kind](kind, rest)
+
+
+def equivalence_key(action: Action) -> tuple[object, ...]:
+    """A hashable key such that two actions are :func:`equivalent` iff their keys are equal.
+
+    Lets search expansion dedup k samples with a set instead of k^2 comparisons. ``type``
+    keeps the element id and the enter flag (the reference compared the text only, so typing
+    the same query into two fields was a duplicate: B9); ``stop`` and ``goto`` compare
+    normalised answers and URLs; every other kind compares its canonical fields.
+    """
+    kind = action.kind
+    if kind is ActionKind.TYPE:
+        return (kind, action.target, _collapse(action.text or ""), action.press_enter)
+    if kind is ActionKind.STOP:
+        return (kind, _normalise_answer(action.text or ""))
+    if kind is ActionKind.GOTO:
+        return (kind, _normalise_url(action.text or ""))
+    return (kind, action.target, action.text)
+
+
+def equivalent(a: Action, b: Action) -> bool:
+    """Semantic equality for dedup during search expansion (see :func:`equivalence_key`)."""
+    return equivalence_key(a) == equivalence_key(b)
+
+
+# --- per-kind argument parsers -------------------------------------------------------------
+
+
+def _parse_bare(kind: ActionKind, rest: str) -> Action:
+    if rest and not (rest.startswith("[") and rest.endswith("]") and not rest[1:-1].strip()):
+        raise ActionParseError(
+            Reason.UNEXPECTED_ARGUMENT, f"{kind} takes no argument, got {_show(rest)}"
+        )
+    return Action(kind)
+
+
+def _parse_element(kind: ActionKind, rest: str) -> Action:
+    return Action(kind, target=_single_argument(kind, rest, Reason.MISSING_TARGET))
+
+
+def _parse_tab_focus(kind: ActionKind, rest: str) -> Action:
+    return Action(kind, target=_single_argument(kind, rest, Reason.BAD_TAB_INDEX))
+
+
+def _parse_press(kind: ActionKind, rest: str) -> Action:
+    return Action(kind, text=_single_argument(kind, rest, Reason.BAD_KEYS))
+
+
+def _parse_scroll(kind: ActionKind, rest: str) -> Action:
+    # "scroll down" (no brackets) is unambiguous: the direction is a closed vocabulary.
+    bracketed = rest.startswith("[")
+    direction = _single_argument(kind, rest, Reason.BAD_DIRECTION) if bracketed else rest
+    prefix = _DIRECTION_PREFIX_RE.match(direction)
+    return Action(kind, text=direction[prefix.end() :] if prefix else direction)
+
+
+def _parse_goto(kind: ActionKind, rest: str) -> Action:
+    if not rest:
+        raise ActionParseError(Reason.MISSING_URL, "goto needs [url]")
+    return Action(kind, text=_greedy_argument(kind, rest))
+
+
+def _parse_stop(kind: ActionKind, rest: str) -> Action:
+    return Action(kind, text=_greedy_argument(kind, rest) if rest else "")
+
+
+def _parse_type(kind: ActionKind, rest: str) -> Action:
+    if not rest:
+        raise ActionParseError(Reason.MISSING_TARGET, "type needs [id] [text] [0|1]")
+    target, after = _leading_group(kind, rest)
+    if not target:
+        raise ActionParseError(Reason.MISSING_TARGET, f"empty id in type {_show(rest)}")
+    if not after:
+        raise ActionParseError(Reason.MISSING_TEXT, f"type [{target}] has no [text]")
+    groups = _greedy_argument(kind, after, strip=False)  # "text] [flag" or "text"
+    text, press_enter = _split_flag(groups)
+    return Action(kind, target=target, text=text, press_enter=press_enter)
+
+
+_PARSERS = {
+    ActionKind.CLICK: _parse_element,
+    ActionKind.HOVER: _parse_element,
+    ActionKind.TYPE: _parse_type,
+    ActionKind.PRESS: _parse_press,
+    ActionKind.SCROLL: _parse_scroll,
+    ActionKind.GOTO: _parse_goto,
+    ActionKind.TAB_FOCUS: _parse_tab_focus,
+    ActionKind.STOP: _parse_stop,
+} | dict.fromkeys(_BARE_KINDS, _parse_bare)
+
+
+def _leading_group(kind: ActionKind, rest: str) -> tuple[str, str]:
+    """Split ``[inner] tail`` into the stripped inner text and the stripped tail."""
+    if not rest.startswith("["):
+        raise ActionParseError(
+            Reason.MISSING_BRACKETS, f"{kind} arguments go in [...]: {_show(rest)}"
+        )
+    close = rest.find("]")
+    if close < 0 or "[" in rest[1:close]:
+        raise ActionParseError(Reason.BAD_BRACKETS, f"unbalanced brackets in {kind} {_show(rest)}")
+    return rest[1:close].strip(), rest[close + 1 :].strip()
+
+
+def _single_argument(kind: ActionKind, rest: str, missing: Reason) -> str:
+    """The one bracketed argument of ``kind``; ``missing`` is the reason when there is none."""
+    if not rest:
+        raise ActionParseError(missing, f"{kind} needs an argument in [...]")
+    inner, tail = _leading_group(kind, rest)
+    if tail:
+        raise ActionParseError(
+            Reason.TRAILING_TEXT, f"unexpected {_show(tail)} after {kind} [{inner}]"
+        )
+    if not inner:
+        raise ActionParseError(missing, f"{kind} has an empty argument")
+    return inner
+
+
+def _greedy_argument(kind: ActionKind, rest: str, *, strip: bool = True) -> str:
+    """Everything between the first ``[`` and the last ``]``: free text may contain brackets."""
+    if not rest.startswith("["):
+        raise ActionParseError(
+            Reason.MISSING_BRACKETS, f"{kind} arguments go in [...]: {_show(rest)}"
+        )
+    if not rest.endswith("]"):
+        last = rest.rfind("]")
+        if last < 0 or "[" in rest[last:]:
+            raise ActionParseError(Reason.BAD_BRACKETS, f"unclosed '[' in {kind} {_show(rest)}")
+        raise ActionParseError(
+            Reason.TRAILING_TEXT, f"unexpected {_show(rest[last + 1 :])} after {kind}"
+        )
+    inner = rest[1:-1]
+    return inner.strip() if strip else inner
+
+
+def _split_flag(groups: str) -> tuple[str, bool]:
+    """Read ``text] [flag`` from the end: the last group is the flag only if it looks like one.
+
+    Reading from the end lets the text contain brackets; a last group that is neither an
+    integer nor ``press_enter_after=`` is part of the text and Enter takes its default (on).
+    """
+    open_ = groups.rfind("[")
+    if open_ <= 0:
+        return groups, True
+    head = groups[:open_].rstrip()
+    flag = _FLAG_RE.fullmatch(groups[open_ + 1 :].strip())
+    if not head.endswith("]") or flag is None:
+        return groups, True
+    value = (flag.group("bare") or flag.group("named")).strip()
+    if value not in ("0", "1"):
+        raise ActionParseError(Reason.BAD_FLAG, f"type flag must be 0 or 1, got {_show(value)}")
+    return head[:-1], value == "1"
+
+
+# --- canonicalisation (shared by the parser and direct construction) ---------------------
+
+
+def _coerce_kind(kind: object) -> ActionKind:
+    if isinstance(kind, ActionKind):
+        return kind
+    try:
+        return ActionKind(kind)
+    except ValueError:
+        raise ActionParseError(Reason.UNKNOWN_VERB, f"unknown action kind {_show(kind)}") from None
+
+
+def _canonical_target(kind: ActionKind, target: object) -> str | None:
+    if kind in _ELEMENT_KINDS or kind is ActionKind.TAB_FOCUS:
+        missing = Reason.BAD_TAB_INDEX if kind is ActionKind.TAB_FOCUS else Reason.MISSING_TARGET
+        if not isinstance(target, str) or not target.strip():
+            raise ActionParseError(missing, f"{kind} needs a target, got {_show(target)}")
+        target = target.strip()
+        if kind is ActionKind.TAB_FOCUS:
+            if not _TAB_INDEX_RE.fullmatch(target):
+                raise ActionParseError(
+                    Reason.BAD_TAB_INDEX, f"tab index must be an integer >= 0, got {_show(target)}"
+                )
+            return target.lstrip("0") or "0"  # not int(): no digit-count limit to trip on
+        if not _ID_RE.fullmatch(target):
+            raise ActionParseError(Reason.BAD_TARGET, f"not an element id: {_show(target)}")
+        return target
+    if target is not None:
+        raise ActionParseError(
+            Reason.UNEXPECTED_ARGUMENT, f"{kind} takes no target, got {_show(target)}"
+        )
+    return None
+
+
+def _canonical_text(kind: ActionKind, text: object) -> str | None:
+    reason = _TEXT_REASONS.get(kind)
+    if reason is None:
+        if text is not None:
+            raise ActionParseError(
+                Reason.UNEXPECTED_ARGUMENT, f"{kind} takes no text, got {_show(text)}"
+            )
+        return None
+    if kind is ActionKind.STOP and text is None:
+        return ""
+    if not isinstance(text, str):
+        raise ActionParseError(reason, f"{kind} needs a str, got {_show(text)}")
+    text = text.strip()
+    if kind is ActionKind.STOP:
+        return text
+    if not text:
+        raise ActionParseError(reason, f"{kind} has an empty argument")
+    if kind is ActionKind.PRESS:
+        text = _KEY_JOIN_RE.sub("+", text)
+        if not _KEYS_RE.fullmatch(text):
+            raise ActionParseError(reason, f"not a key combination: {_show(text)}")
+    elif kind is ActionKind.SCROLL:
+        text = text.casefold()
+        if text not in _DIRECTIONS:
+            raise ActionParseError(
+                reason, f"scroll direction must be up or down, got {_show(text)}"
+            )
+    return text
+
+
+_TEXT_REASONS = {
+    ActionKind.TYPE: Reason.MISSING_TEXT,
+    ActionKind.PRESS: Reason.BAD_KEYS,
+    ActionKind.SCROLL: Reason.BAD_DIRECTION,
+    ActionKind.GOTO: Reason.MISSING_URL,
+    ActionKind.STOP: Reason.MISSING_TEXT,
+}
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _collapse(text: str) -> str:
+    return _SPACE_RE.sub(" ", text).strip()
+
+
+def _normalise_answer(answer: str) -> str:
+    """Case, inner whitespace and a final full stop do not change an answer."""
+    return _collapse(answer.casefold()).rstrip(".").rstrip()
+
+
+def _normalise_url(url: str) -> str:
+    """Scheme and host are case-insensitive; a trailing slash on the path is not significant."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket: compare the raw text
+        return url
+    return urlunsplit(
+        (
+            parts.scheme.lower(),
+            parts.netloc.lower(),
+            parts.path.rstrip("/"),
+            parts.query,
+            parts.fragment,
+        )
+    )
+
+
+def _is_http_url(url: str) -> bool:
+    if not url or any(ch.isspace() for ch in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """A short repr for messages: actions can carry whole paragraphs of typed text."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
