@@ -16,6 +16,7 @@ from websynthesis.models.grammar import (
     GrammarCompiler,
     a11y_grammar,
     action_grammar,
+    go_back_grammar,
     judge_grammar,
     score_grammar,
 )
@@ -181,3 +182,28 @@ def test_judge_and_world_model_shapes(backend: LocalBackend) -> None:
     assert all(re.fullmatch(r"Reason: [^\n]*\nScore: (0|0\.5|1)", t) for t in judge.texts)
     assert all(re.fullmatch(r"<a11y>.*</a11y>", t, re.S) for t in world.texts)
     assert world.finish_reasons == ["stop"] * 4
+
+
+def test_type_only_into_typeable_ids_and_goto_only_to_allowed_prefixes(
+    compiler: GrammarCompiler,
+) -> None:
+    grammar = action_grammar(
+        ["12", "13"], typeable_ids=["13"], goto_prefixes=["http://localhost:7000/"]
+    )
+    answer = "In summary, the next action I will perform is ```{}```"
+    assert accepts(compiler, grammar, "Go." + answer.format("type [13] [kettle] [1]"))
+    assert not accepts(compiler, grammar, "Go." + answer.format("type [12] [kettle] [1]"))
+    assert accepts(compiler, grammar, "Go." + answer.format("click [12]"))
+    assert accepts(compiler, grammar, "Go." + answer.format("goto [http://localhost:7000/a]"))
+    assert not accepts(compiler, grammar, "Go." + answer.format("goto [http://evil.com/]"))
+    no_goto = action_grammar(["12"], goto_prefixes=[])
+    assert not accepts(compiler, no_goto, "Go." + answer.format("goto [http://localhost:7000/]"))
+
+
+def test_go_back_grammar(compiler: GrammarCompiler) -> None:
+    grammar = go_back_grammar()
+    answer = "In summary, the next action I will perform is ```go_back```"
+    assert accepts(compiler, grammar, "It does not help. " + answer)
+    assert not accepts(
+        compiler, grammar, "No. In summary, the next action I will perform is ```click [1]```"
+    )

@@ -54,6 +54,11 @@ class RoleConfig:
     n: int = 1
     constrained: bool = False
     max_retries: int = 1
+    observation_chars: int | None = 16000
+    step_chars: int = 1200
+    observed_steps: int | None = None
+    score_low: float = 1.0
+    score_high: float = 5.0
 
 
 @dataclass

@@ -54,33 +54,49 @@ _MAX_KEYS, _MAX_KEY_CHARS = 3, 12  # press [Control+Shift+ArrowDown]
 
 
 def action_grammar(
-    ids: Sequence[str], *, allow_reasoning: bool = True, max_text_chars: int = 200
+    ids: Sequence[str],
+    *,
+    allow_reasoning: bool = True,
+    max_text_chars: int = 200,
+    typeable_ids: Sequence[str] | None = None,
+    goto_prefixes: Sequence[str] | None = None,
 ) -> str:
     """A policy response: reasoning, the answer phrase, and one fenced WebArena action.
 
-    Element actions (click, hover, type) may only name ``ids``. Typed text,
-    ``stop`` answers and ``goto`` URLs are at most ``max_text_chars`` printable
-    ASCII characters without ``[``, ``]`` or a backtick; reasoning is anything
-    without a backtick (so the fence is unambiguous). With no ``ids`` only
-    non-element actions remain.
+    Element actions (click, hover) may only name ``ids``; ``type`` only
+    ``typeable_ids`` (default: all of ``ids``), so a constrained policy cannot
+    type into a button. ``goto`` URLs must start with one of ``goto_prefixes``
+    when given (an empty list forbids ``goto``). Typed text, ``stop`` answers and
+    URLs are at most ``max_text_chars`` printable ASCII characters without
+    ``[``, ``]`` or a backtick; reasoning is anything without a backtick (so the
+    fence is unambiguous). With no ``ids`` only non-element actions remain.
     """
+    typeable = list(ids) if typeable_ids is None else [i for i in typeable_ids if i in set(ids)]
     id_bytes = max((len(i.encode()) for i in ids), default=0)
     longest_action = max(
         len("hover [") + id_bytes + len("]"),
         len("type [") + id_bytes + len("] [") + max_text_chars + len("] [0]"),
-        len("goto [https://") + max_text_chars + len("]"),
+        len("goto [")
+        + max((len(p) for p in goto_prefixes or ()), default=len("https://"))
+        + max_text_chars
+        + len("]"),
         len("stop [") + max_text_chars + len("]"),
         len("press [") + _MAX_KEYS * (_MAX_KEY_CHARS + 1) - 1 + len("]"),
         len("tab_focus [99]"),
         len("go_forward"),
     )
     answer_bytes = len(f"{ANSWER_PHRASE} {FENCE}") + longest_action + len(FENCE)
-    element = ['"click [" id "]"', '"hover [" id "]"', '"type [" id "] [" text "] [" [01] "]"']
+    element = ['"click [" id "]"', '"hover [" id "]"']
+    if goto_prefixes is None:
+        goto = ['"goto [http" "s"? "://" url "]"']
+    else:
+        goto = [f'"goto [" ({" | ".join(_literal(p) for p in goto_prefixes)}) url? "]"']
     actions = [
         *(element if ids else []),
+        *(['"type [" tid "] [" text "] [" [01] "]"'] if typeable else []),
         f'"press [" key ("+" key){{0,{_MAX_KEYS - 1}}} "]"',
         '"scroll [" ("up" | "down") "]"',
-        '"goto [http" "s"? "://" url "]"',
+        *(goto if goto_prefixes is None or goto_prefixes else []),
         '"go_back"',
         '"go_forward"',
         '"new_tab"',
@@ -101,7 +117,26 @@ def action_grammar(
     ]
     if ids:
         rules.append("id ::= " + " | ".join(_literal(i) for i in dict.fromkeys(ids)))
+    if typeable:
+        rules.append("tid ::= " + " | ".join(_literal(i) for i in dict.fromkeys(typeable)))
     return "\n".join(rules) + "\n"
+
+
+def go_back_grammar() -> str:
+    """A reflection: free reasoning, then the answer phrase and ```go_back```."""
+    answer = f"{ANSWER_PHRASE} {FENCE}go_back{FENCE}"
+    return (
+        "\n".join(
+            [
+                _wrap_up_line("answer", len(answer)),
+                "root ::= reasoning answer",
+                # A reflection must say why: a reason that starts with a visible character.
+                "reasoning ::= [^` \\t\\r\\n] [^`]*",
+                f"answer ::= {_literal(answer)}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def score_grammar(low: int = 1, high: int = 5) -> str:
@@ -123,7 +158,8 @@ def a11y_grammar() -> str:
             [
                 _wrap_up_line("close", len("</a11y>")),
                 'root ::= "<a11y>" content close',
-                'content ::= ([^<] | "<" [^/])*',
+                # "<" may not start a run of "<" (else "<<" eats the "<" of the closing tag).
+                'content ::= ([^<] | "<" [^/<])*',
                 'close ::= "</a11y>"',
             ]
         )

@@ -6,23 +6,25 @@ left padding, LoRA adapters, grammar masks, end-of-turn stopping) runs exactly a
 with Qwen2.5-7B-Instruct, only millions of times cheaper. Its weights are random,
 so what it *says* is noise; that is the point of the grammar tests.
 
-The tokenizer is trained with the ``tokenizers`` library on the package's own text
-files (never the network, never ``../shared``), so it exists on every checkout and
-every installed copy. The result is a plain Hugging Face model directory, cached
+The tokenizer is trained with the ``tokenizers`` library on a frozen snapshot of the
+project's own text shipped with the package (never the network, never ``../shared``),
+so it exists on every checkout and every installed copy and does not drift with code
+changes. The result is a plain Hugging Face model directory, cached
 under ``<cache>/tiny/<hash of spec, seed, corpus and library versions>`` and built
 atomically (temporary directory + rename), so concurrent builders cannot see or
-leave a half-written model. Same seed and same package text give byte-identical
-files; editing the package text yields a new directory, not a stale tokenizer.
+leave a half-written model. Same seed gives byte-identical files.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
 import tokenizers
@@ -57,8 +59,7 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
-_CORPUS_SUFFIXES = {".py", ".md", ".txt", ".jinja", ".json", ".jsonl", ".yaml"}
-_CORPUS_MAX_CHARS = 4_000_000
+_CORPUS_FILE = "tiny_corpus.txt.gz"
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def build_tiny_model(
     ``~/.cache/websynthesis``); the model lives in ``<root>/tiny/<key>``. The
     directory loads with ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained``.
     """
-    corpus = _package_corpus()
+    corpus = _corpus()
     root = Path(cache_dir or os.environ.get("WEBSYNTHESIS_CACHE") or "~/.cache/websynthesis")
     target = root.expanduser() / "tiny" / _cache_key(spec, seed, corpus)
     if (target / "model.safetensors").is_file():
@@ -109,19 +110,16 @@ def build_tiny_model(
     return target
 
 
-def _package_corpus() -> list[str]:
-    """The package's own text files, in a fixed order, as tokenizer training text."""
-    package = Path(__file__).resolve().parents[1]
-    texts, total = [], 0
-    for path in sorted(package.rglob("*")):
-        if path.suffix not in _CORPUS_SUFFIXES or "__pycache__" in path.parts:
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        texts.append(text)
-        total += len(text)
-        if total >= _CORPUS_MAX_CHARS:
-            break
-    return texts
+def _corpus() -> list[str]:
+    """The tokenizer's training text: a frozen snapshot shipped with the package.
+
+    Frozen (not read from the live source tree) so the tiny model, and every test
+    output that depends on it, stays the same across code changes. The snapshot is
+    the project's own text (code, prompts, demo pages) as of its first release,
+    documents separated by ASCII record separators.
+    """
+    packed = resources.files("websynthesis.models").joinpath(_CORPUS_FILE).read_bytes()
+    return gzip.decompress(packed).decode("utf-8").split("\x1e")
 
 
 def _cache_key(spec: TinySpec, seed: int, corpus: list[str]) -> str:
