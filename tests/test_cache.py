@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from websynthesis.models.cache import CachedBackend, derive_seed
-from websynthesis.models.types import Generation, GenerationRequest, Sampling, generate
+from websynthesis.models.cache import CachedBackend
+from websynthesis.models.types import Generation, GenerationRequest, Sampling, derive_seed, generate
 
 
 class SeededBackend:

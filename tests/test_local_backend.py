@@ -10,10 +10,16 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from websynthesis.models.cache import derive_seed
 from websynthesis.models.loading import choose_attn_implementation, resolve_model_path
 from websynthesis.models.local import LocalBackend, _SeededSampler
-from websynthesis.models.types import Backend, Generation, GenerationRequest, Sampling, generate
+from websynthesis.models.types import (
+    Backend,
+    Generation,
+    GenerationRequest,
+    Sampling,
+    derive_seed,
+    generate,
+)
 
 PROMPTS = [
     "Hi.",

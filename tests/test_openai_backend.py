@@ -20,9 +20,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from websynthesis.models.cache import derive_seed
 from websynthesis.models.openai_backend import OpenAIBackend
-from websynthesis.models.types import Generation, GenerationRequest, Sampling, generate
+from websynthesis.models.types import Generation, GenerationRequest, Sampling, derive_seed, generate
 from websynthesis.serve import FaultInjector, build_app, serve_in_background
 
 KEY_ENV = "WS_TEST_OPENAI_KEY"

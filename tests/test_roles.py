@@ -17,7 +17,6 @@ from hydra.core.global_hydra import GlobalHydra
 
 from websynthesis.config import register_configs
 from websynthesis.models import roles as roles_module
-from websynthesis.models.cache import derive_seed
 from websynthesis.models.parsing import Failure, Parsed, ScoreScale
 from websynthesis.models.prompts import (
     JudgeInput,
@@ -29,7 +28,7 @@ from websynthesis.models.prompts import (
     WorldModelInput,
 )
 from websynthesis.models.roles import ModelClient, OutcomeStats, Role, RoleSettings
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.models.types import Generation, GenerationRequest, derive_seed
 from websynthesis.models.usage import UsageTracker
 from websynthesis.web.actions import ANSWER_PHRASE, ActionKind, parse_action
 from websynthesis.web.observation import AXTree, parse_axtree

@@ -49,13 +49,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from websynthesis.models.types import Backend, Generation, GenerationRequest
+from websynthesis.models.types import Backend, Generation, GenerationRequest, derive_seed
 
 _KEY_VERSION = 1
 _BUSY_TIMEOUT_S = 60.0
 _SQL_VARS = 500  # keys per SELECT ... IN (...): well under SQLite's variable limit
-_SEED_MODULUS = 2**31  # seeds stay valid for every server (int32)
-_SEED_STEP = 0x1E3779B9  # odd: 2**31 / golden ratio, so steps spread over the whole range
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -64,22 +62,6 @@ CREATE TABLE IF NOT EXISTS samples (
     finish_reason TEXT NOT NULL
 ) WITHOUT ROWID
 """
-
-
-def derive_seed(seed: int | None, offset: int) -> int | None:
-    """Seed of sample ``offset`` of a seeded request, and of a call that starts at that sample.
-
-    ``offset == 0`` keeps the request's seed, so an unsplit request is sent
-    unchanged. Other offsets step by a large odd constant modulo ``2**31``
-    rather than adding 1, because ``seed + 1`` is the next request's seed.
-    Steps compose: ``derive_seed(derive_seed(s, k), j) == derive_seed(s, k + j)``,
-    so on a backend that draws sample ``j`` with ``derive_seed(seed, j)`` (the
-    local one) a call for samples ``k…`` gives exactly samples ``k…`` of the
-    whole request, however ``n`` is split.
-    """
-    if seed is None or offset == 0:
-        return seed
-    return (seed + offset * _SEED_STEP) % _SEED_MODULUS
 
 
 def is_cacheable(request: GenerationRequest) -> bool:

@@ -62,10 +62,9 @@ from transformers import (
 from transformers.cache_utils import Cache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from websynthesis.models.cache import derive_seed
 from websynthesis.models.grammar import Constraint, GrammarCompiler, GrammarLogitsProcessor
 from websynthesis.models.loading import load_model, load_tokenizer, resolve_model_path
-from websynthesis.models.types import Generation, GenerationRequest, Sampling
+from websynthesis.models.types import Generation, GenerationRequest, Sampling, derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,7 @@ from typing import Any, Literal
 import openai
 from openai import AsyncOpenAI
 
-from websynthesis.models.cache import derive_seed
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.models.types import Generation, GenerationRequest, derive_seed
 
 log = logging.getLogger(__name__)
 

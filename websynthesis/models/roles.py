@@ -15,7 +15,7 @@ the raw text, and are counted per role and kind in :attr:`ModelClient.stats`.
 Seeds: a sampled request (``temperature > 0``) without an explicit seed gets one derived from
 the model seed, the role and the prompt, so a rerun asks the same questions with the same seeds
 (and a response cache replays them). A retry draws the next samples of the same seeded stream
-(:func:`~websynthesis.models.cache.derive_seed`), never a repeat of the failed ones. Greedy
+(:func:`~websynthesis.models.types.derive_seed`), never a repeat of the failed ones. Greedy
 roles are not re-asked: the same prompt would get the same answer.
 """
 
@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from websynthesis.models.cache import derive_seed
 from websynthesis.models.grammar import (
     a11y_grammar,
     action_grammar,
@@ -63,13 +62,20 @@ from websynthesis.models.prompts import (
     reward_messages,
     world_model_messages,
 )
-from websynthesis.models.types import Backend, Generation, GenerationRequest, Message, Sampling
+from websynthesis.models.types import (
+    SEED_MODULUS,
+    Backend,
+    Generation,
+    GenerationRequest,
+    Message,
+    Sampling,
+    derive_seed,
+)
 from websynthesis.models.usage import UsageTracker
 from websynthesis.web.actions import ANSWER_PHRASE, TYPEABLE_ROLES
 
 log = logging.getLogger(__name__)
 
-_SEED_MODULUS = 2**31
 # Bytes of a policy answer besides the phrase, the longest id and the free text (fences,
 # "goto [https://", brackets, end-of-turn and the grammar's UTF-8 slack; see grammar.py).
 _ANSWER_OVERHEAD = 30
@@ -425,7 +431,7 @@ class ModelClient:
     def _seed(self, role: str, request: GenerationRequest) -> int:
         """A seed from the model seed, the role and the prompt: same question, same seed."""
         key = json.dumps([self.seed, role, request.messages, request.grammar], sort_keys=True)
-        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % _SEED_MODULUS
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % SEED_MODULUS
 
 
 def _resampled(request: GenerationRequest, *, n: int, seed: int | None) -> GenerationRequest:

@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+SEED_MODULUS = 2**31  # seeds stay valid for every server (int32)
+_SEED_STEP = 0x1E3779B9  # odd: 2**31 / golden ratio, so steps spread over the whole range
+
 Message = dict[str, str]
 """One chat message: ``{"role": "system"|"user"|"assistant", "content": str}``."""
 
@@ -70,6 +73,22 @@ class Generation:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def derive_seed(seed: int | None, offset: int) -> int | None:
+    """Seed of sample ``offset`` of a seeded request, and of a call that starts at that sample.
+
+    ``offset == 0`` keeps the request's seed, so an unsplit request is sent
+    unchanged. Other offsets step by a large odd constant modulo ``2**31``
+    rather than adding 1, because ``seed + 1`` is the next request's seed.
+    Steps compose: ``derive_seed(derive_seed(s, k), j) == derive_seed(s, k + j)``,
+    so on a backend that draws sample ``j`` with ``derive_seed(seed, j)`` (the
+    local one) a call for samples ``k…`` gives exactly samples ``k…`` of the
+    whole request, however ``n`` is split.
+    """
+    if seed is None or offset == 0:
+        return seed
+    return (seed + offset * _SEED_STEP) % SEED_MODULUS
 
 
 @runtime_checkable
