@@ -27,5 +27,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-bench: setup
+bench: setup  # the CPU benchmarks; see BENCHMARKS.md for each one's options
 	$(PY) bench/bench_observation.py
+	$(PY) bench/bench_search.py
+	$(PY) bench/bench_generation.py
+	$(PY) bench/bench_synthesis.py
+	$(PY) bench/bench_env.py
+	$(PY) bench/bench_train.py ../shared/data/webarena/tasks.jsonl

@@ -7,6 +7,7 @@ spin), W&B stays offline, and the websynthesis cache (where ``model=tiny`` is
 built) is a fresh directory of this session, so tests never read a stale model
 or fill the user's cache. Subprocesses started by tests inherit all of it.
 
+Tests marked ``browser`` need the system Chromium and skip, saying why, without it.
 The real WebArena corpus lives beside the checkout (``../shared``) on the
 project's own machines only; a user's clone lacks it, so every test that reads
 it goes through :func:`webarena_tasks_path`, which skips when it is absent.
@@ -33,6 +34,19 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``browser`` skip, saying what to install, where no Chromium is found."""
+    from websynthesis.env.browser import ChromiumNotFoundError, find_chromium
+
+    try:
+        find_chromium()
+    except ChromiumNotFoundError as error:
+        skip = pytest.mark.skip(reason=str(error))
+        for item in items:
+            if "browser" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

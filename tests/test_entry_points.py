@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_synthesis_pipeline import assert_valid_run
+
+from websynthesis.data.tasks import load_tasks
+from websynthesis.io import read_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-0123456789abcdef"
@@ -32,22 +36,30 @@ def assert_no_secret(root: Path) -> None:
             assert SECRET not in path.read_text(errors="ignore"), path
 
 
-def test_synthesize_prepares_demo_tasks(tmp_path: Path) -> None:
-    result = run_entry("synthesize.py", "+experiment=demo", f"hydra.run.dir={tmp_path}")
+def tree_ids(run_dir: Path) -> list[str]:
+    return [row["task_id"] for _, row in read_jsonl(run_dir / "trees.jsonl")]
+
+
+@pytest.mark.slow
+def test_synthesize_searches_the_demo_tasks(tmp_path: Path, tiny_model_path: Path) -> None:
+    result = run_entry(
+        "synthesize.py", "+experiment=demo", "search=small", f"hydra.run.dir={tmp_path}"
+    )
     assert result.returncode == 0, result.stderr
-    pages = json.loads((tmp_path / "pages.json").read_text())
-    assert len(pages) == 5 and all(page["searchable"] for page in pages)
+    assert_valid_run(tmp_path, [task.task_id for task in load_tasks("demo")])
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["tasks"]["done"] == 5 and stats["errors"] == []
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
     assert_no_secret(tmp_path)
 
 
-def test_synthesize_shards_and_limits(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_synthesize_shards_and_limits(tmp_path: Path, tiny_model_path: Path) -> None:
     result = run_entry(
         "synthesize.py", "+experiment=demo", "shard=1", "num_shards=2", f"hydra.run.dir={tmp_path}"
     )
     assert result.returncode == 0, result.stderr
-    ids = [page["task_id"] for page in json.loads((tmp_path / "pages.json").read_text())]
-    assert ids == ["demo-forum-login", "demo-repo-visibility"]
+    assert tree_ids(tmp_path) == ["demo-forum-login", "demo-repo-visibility"]
 
 
 def test_bad_override_fails_with_hydra_message(tmp_path: Path) -> None:
@@ -56,20 +68,23 @@ def test_bad_override_fails_with_hydra_message(tmp_path: Path) -> None:
     assert "Key 'iteratons' not in 'SearchConfig'" in result.stderr
 
 
-def test_multirun_gives_one_dir_per_job(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_multirun_gives_one_dir_per_job(tmp_path: Path, tiny_model_path: Path) -> None:
     result = run_entry(
         "synthesize.py",
         "-m",
         "+experiment=demo",
         "search=default,small",
+        "data.limit=1",
         f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
-    assert all((tmp_path / job / "pages.json").is_file() for job in ("0", "1"))
+    assert all(tree_ids(tmp_path / job) == ["demo-bookshop-search"] for job in ("0", "1"))
 
 
-def test_train_validates_its_data(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_train_checks_its_data_then_trains(tmp_path: Path) -> None:
     data = tmp_path / "valuable.jsonl"
     row = {
         "messages": [
@@ -79,23 +94,39 @@ def test_train_validates_its_data(tmp_path: Path) -> None:
     }
     data.write_text(json.dumps(row) + "\n")
     run_dir = tmp_path / "run"
-    result = run_entry(
-        "train.py", "logger=none", f"+data.train_files.valuable={data}", f"hydra.run.dir={run_dir}"
+    common = (
+        "+experiment=bc_valuable",
+        "logger=none",
+        "trainer.max_steps=1",
+        f"+data.train_files.valuable={data}",
+        f"hydra.run.dir={run_dir}",
     )
+    result = run_entry("train.py", *common)
     assert result.returncode == 0, result.stderr
-    assert json.loads((run_dir / "data_summary.json").read_text()) == {"valuable": 1}
+    done = json.loads((run_dir / "stages" / "1-bc" / "done.json").read_text())
+    assert done["data"]["train"]["kept"] == 1 and done["global_step"] == 1
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert_no_secret(run_dir)
     data.write_text(json.dumps(row) + "\n" + json.dumps({"messages": []}) + "\n")
-    result = run_entry(
-        "train.py", "logger=none", f"+data.train_files.valuable={data}", f"hydra.run.dir={run_dir}"
-    )
+    result = run_entry("train.py", *common[:-1], f"hydra.run.dir={tmp_path / 'bad'}")
     assert result.returncode != 0
     assert f"{data}:2: field 'messages': expected a non-empty list" in result.stderr
+    assert "Loading weights" not in result.stderr  # failed before any model was loaded
 
 
-@pytest.mark.parametrize("env", ["miniwob", "webarena"])
-def test_evaluate_checks_its_environment(tmp_path: Path, env: str) -> None:
-    result = run_entry("evaluate.py", "logger=none", f"env={env}", f"hydra.run.dir={tmp_path}")
-    if env == "miniwob":
-        assert result.returncode == 0, result.stderr
-    else:
-        assert "names no tasks" in result.stderr
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["env=miniwob", "env.tasks=[no-such-task]"], "unknown MiniWoB++ task 'no-such-task'"),
+        (["env=webarena"], "names no tasks"),
+        (["eval=world_model"], "eval=world_model needs eval.transitions=PATH"),
+    ],
+)
+def test_evaluate_refuses_bad_configs_before_any_browser(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    """The real runs (episodes, summary, resume, WMLA) are in tests/test_eval_e2e.py."""
+    result = run_entry("evaluate.py", "logger=none", *overrides, f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "episodes.jsonl").exists()

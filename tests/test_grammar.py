@@ -29,6 +29,7 @@ from websynthesis.web.actions import (
     extract_action,
     format_response,
 )
+from websynthesis.web.observation import parse_axtree
 
 IDS = ["12", "7", "164", "a51"]
 ELEMENT_KINDS = {ActionKind.CLICK, ActionKind.HOVER, ActionKind.TYPE}
@@ -129,9 +130,13 @@ def test_other_role_grammars(compiler: GrammarCompiler) -> None:
     assert not accepts(compiler, score_grammar(1, 5), "Reason: good.\nScore: 6")
     assert accepts(compiler, judge_grammar(), "Reason: the answer matches.\nScore: 0.5")
     assert not accepts(compiler, judge_grammar(), "Reason: x\nScore: 0.7")
-    tree = "<a11y>[1] RootWebArea 'Shop'\n\t[5] link 'a<b'</a11y>"
-    assert accepts(compiler, a11y_grammar(), tree)
-    assert not accepts(compiler, a11y_grammar(), "<a11y>[1] RootWebArea</a11y> trailing")
+    page = "[1] RootWebArea 'Shop' focused: True\n\t[5] link \"Kid's a<b\"\n\t\t[9] img 'x'"
+    assert accepts(compiler, a11y_grammar(), f"<a11y>\n{page}\n</a11y>")
+    assert accepts(compiler, a11y_grammar(["a5"]), "<a11y>\n[a5] RootWebArea ''\n</a11y>")
+    skipped_level = "<a11y>\n[1] RootWebArea 'Shop'\n\t\t[5] link 'a'\n</a11y>"
+    assert not accepts(compiler, a11y_grammar(), skipped_level)
+    assert not accepts(compiler, a11y_grammar(), "<a11y>\n[1] RootWebArea\n</a11y>")
+    assert not accepts(compiler, a11y_grammar(), "<a11y>\n[b7] RootWebArea ''\n</a11y>")
     with pytest.raises(ValueError):
         score_grammar(5, 1)
 
@@ -178,10 +183,15 @@ def test_each_row_follows_its_own_grammar(backend: LocalBackend) -> None:
 
 
 def test_judge_and_world_model_shapes(backend: LocalBackend) -> None:
-    judge, world = generate(backend, [ask(judge_grammar(), 4, 24), ask(a11y_grammar(), 4, 24)])
+    tree = a11y_grammar(["12", "a5"])
+    judge, world = generate(backend, [ask(judge_grammar(), 4, 24), ask(tree, 4, 256)])
     assert all(re.fullmatch(r"Reason: [^\n]*\nScore: (0|0\.5|1)", t) for t in judge.texts)
-    assert all(re.fullmatch(r"<a11y>.*</a11y>", t, re.S) for t in world.texts)
     assert world.finish_reasons == ["stop"] * 4
+    for text in world.texts:
+        inner = re.fullmatch(r"<a11y>\n(.*)\n</a11y>", text, re.S)
+        assert inner, text
+        errors = {e.kind.value for e in parse_axtree(inner.group(1)).errors}
+        assert errors <= {"duplicate_id"}, (errors, text)  # a grammar cannot count ids
 
 
 def test_type_only_into_typeable_ids_and_goto_only_to_allowed_prefixes(

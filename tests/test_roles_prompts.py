@@ -109,7 +109,9 @@ def test_policy_few_shots_are_real_turns_whose_answers_validate() -> None:
 def test_policy_question_has_the_task_sites_history_and_page() -> None:
     last = policy_messages(PolicyInput("Find headphones", RESULTS, trajectory(), SITES))[-1]
     content = last["content"]
-    assert content.startswith("OBJECTIVE:\nFind headphones\n\nALLOWED SITES:\n- http://localhost:7770")
+    assert content.startswith(
+        "OBJECTIVE:\nFind headphones\n\nALLOWED SITES:\n- http://localhost:7770"
+    )
     assert section(content, "OBSERVATION").startswith("Tab 0 (current): Search results")
     assert "<step-1>" in content and "</step-3>" in content
     assert content.endswith("What's the next action?")

@@ -135,3 +135,10 @@ def test_shared_webarena_corpus_loads(webarena_tasks_path: Path) -> None:
     tasks = load_tasks(webarena_tasks_path)
     assert len(tasks) == 644
     assert all(t.state and t.intent and t.eval.get("eval_types") for t in tasks)
+
+
+def test_jsonl_lines_are_split_on_newlines_only(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps({**CONFIG, "intent": "a\u2028b"}, ensure_ascii=False) + "\n")
+    (task,) = load_tasks(path)
+    assert task.intent == "a\u2028b"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import II, MISSING
 
 
 @dataclass
@@ -76,41 +76,127 @@ class ModelConfig:
 
 @dataclass
 class SearchConfig:
-    """WebMCTS budgets and constants (the reference code's defaults in brackets)."""
+    """WebMCTS: the search core's knobs, how trees run together, and the run's budgets.
+
+    Rewards are in the reward role's units (``model.roles.reward.score_low/high``, 1-5 by
+    default): ``end_gate`` and ``failed_reward`` are scores on that scale, and
+    ``exploration_constant`` is the reference's ``c`` in ``V + c * sqrt(2 ln N / n)`` on it;
+    :func:`websynthesis.synthesis.settings.core_search_config` maps them onto the core's
+    normalised UCT. ``iterations`` and ``time_limit_s`` are per tree; ``token_budget`` and
+    ``cost_budget`` (USD, from ``prices``) are for the whole run, resumes included.
+    ``concurrent_trees`` trees are searched at once, each with ``in_flight_per_tree``
+    iterations (1 keeps a seeded run reproducible); ``batch`` gathers every wave's requests
+    into one backend call of at most ``max_batch_size``. ``batch=false concurrent_trees=1``
+    asks one request at a time, as the reference did. ``accept_malformed_pages`` keeps a
+    world-model page with structural errors (repaired) once its retries are spent, instead
+    of failing the step.
+    """
 
     iterations: int = 20
     branch: int = 2
+    oversample: int = 2
     max_depth: int = 8
-    concurrent_trees: int = 32
-    batch: bool = True
     exploration_constant: float = 0.7
     end_gate: float = 4.75
+    failed_reward: float | None = None
+    discount: float = 1.0
     roll_forward_steps: int = 0
     roll_policy: str = "greedy"
+    roll_branch: int = 1
+    rollout_value: str = "max"
     alpha: float = 0.5
+    stop_on_solution: bool = False
     time_limit_s: float | None = None
     token_budget: int | None = None
     cost_budget: float | None = None
-    virtual_loss: float = 1.0
+    concurrent_trees: int = 32
+    in_flight_per_tree: int = 1
+    batch: bool = True
+    max_batch_size: int = 64
+    accept_malformed_pages: bool = False
 
 
 @dataclass
 class StageConfig:
-    """One curriculum stage: a data mix trained for some steps at some learning rate."""
+    """One curriculum stage: a data mix trained for some steps or epochs at some learning rate.
+
+    ``data`` names mixes: keys of ``data.train_files`` (chat JSONL) or builders of
+    ``websynthesis.data.mixes``. ``lr: null`` takes ``optim.lr``. ``trainer.max_steps`` and
+    ``trainer.max_epochs``, when set, cap every stage (smoke tests, debugging).
+    """
 
     name: str = MISSING
     data: list[str] = field(default_factory=list)
     max_steps: int | None = None
     max_epochs: int | None = None
-    lr: float = 2e-4
+    lr: float | None = None
 
 
 @dataclass
 class CurriculumConfig:
-    """An ordered list of stages run in one ``train.py`` call, adapter carried over."""
+    """An ordered list of stages run in one ``train.py`` call, adapter carried over.
+
+    ``trajectories`` is the behaviour-cloning mix; BC stages read it as
+    ``${curriculum.trajectories}``, so the paper's ablation can sweep it.
+    """
 
     name: str = MISSING
+    trajectories: list[str] = field(default_factory=lambda: ["valuable", "rollback"])
     stages: list[StageConfig] = field(default_factory=list)
+
+
+@dataclass
+class TrainDataConfig(DataConfig):
+    """What train.py reads and how it batches it.
+
+    ``scale`` keeps a seeded fraction of each stage's training examples (a smaller scale's
+    subset lies inside a larger one's; the validation split is drawn first, so it is the
+    same at every scale). ``batch_tokens`` is one micro-batch per device: the sum of
+    lengths when packing, rows x longest row when padding. ``packing: null`` packs only
+    under a flash-attention (varlen) kernel: SDPA/eager materialise a dense mask over the
+    whole packed row, slower than length-grouped padding (bench/bench_train.py).
+    ``max_length`` examples are fitted by shortening the observation, never the target.
+    ``mask_history`` puts the loss on the last assistant turn only (earlier ones are
+    few-shot examples). The source fields (``trajectories_dir``, ``transitions``,
+    ``imagined``, ``external``, ``textui``, ``world_model``) are read by the mix builders:
+    see ``websynthesis.data.mixes``.
+    """
+
+    trajectories_dir: str | None = None
+    transitions: list[str] = field(default_factory=list)
+    imagined: bool = False
+    external: list[Any] = field(default_factory=list)
+    textui: dict[str, Any] = field(default_factory=dict)
+    world_model: dict[str, Any] = field(default_factory=dict)
+    seed: int = II("seed")
+    scale: float = 1.0
+    max_length: int = 4096
+    batch_tokens: int = 16384
+    packing: bool | None = None
+    mask_history: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter shape; ``target_modules`` is ``all-linear`` or a list of module names."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its cosine schedule; ``warmup_steps`` (when set) wins over ``warmup_ratio``."""
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_ratio: float = 0.03
+    warmup_steps: int | None = None
 
 
 @dataclass
@@ -123,7 +209,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: Any = "auto"
     precision: Any = "32-true"
-    max_steps: int = -1
+    max_steps: int = -1  # -1: the stages decide; otherwise a cap on every stage
     max_epochs: int | None = None
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = 1.0
@@ -143,14 +229,27 @@ class TrainerConfig:
 
 @dataclass
 class EnvConfig:
-    """A live environment: which tasks, and how the browser is driven."""
+    """A live environment (``websynthesis.env``): which tasks, and how the browser is driven.
+
+    ``name`` is ``miniwob`` or ``webarena``. ``tasks``: MiniWoB++ task names
+    (``click-button``) or WebArena task ids. ``browser_path``: a Chromium binary (``null``:
+    ``$WEBSYNTHESIS_CHROMIUM``, else the system Chromium on ``PATH``). A step (a reset)
+    taking longer than ``step_timeout_s`` (``reset_timeout_s``) is a browser failure: the
+    browser is killed and the episode recorded as an error. ``max_steps`` truncates an
+    episode. ``pool_size`` browsers run episodes in parallel. ``miniwob_url``: the base URL
+    of a MiniWoB++ server (``null``: the pages of the ``miniwob`` package, as ``file://``).
+    ``site_urls``: WebArena site -> base URL (browsergym-webarena's ``WA_*`` conventions).
+    """
 
     name: str = MISSING
     tasks: list[str] = field(default_factory=list)
     headless: bool = True
     browser_path: str | None = None
     step_timeout_s: float = 30.0
+    reset_timeout_s: float = 60.0
     max_steps: int = 15
+    pool_size: int = 1
+    miniwob_url: str | None = None
     site_urls: dict[str, str] = field(default_factory=dict)
 
 
@@ -166,24 +265,86 @@ class _JobConfig:
 
 @dataclass
 class SynthesizeConfig(_JobConfig):
+    """synthesize.py: search this shard's tasks and extract training data from the trees.
+
+    ``rollback_per_step``: failed siblings turned into rollback examples at each step of the
+    best path, worst first (the reference kept one). ``prices``: USD per million tokens by
+    model name (``{name: {prompt_per_1m, completion_per_1m}}``), for costs and the cost
+    budget. ``progress``: a live progress bar. ``sample_trajectories``: rows of the sample
+    table sent to the loggers.
+    """
+
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     shard: int = 0
     num_shards: int = 1
+    rollback_per_step: int = 1
+    prices: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    sample_trajectories: int = 8
 
 
 @dataclass
 class TrainConfig(_JobConfig):
+    """train.py: ``ckpt_path`` resumes the first unfinished stage (else its ``last.ckpt``);
+    ``teacher`` is an optional backend (``_target_``) handed to the data builders."""
+
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    gradient_checkpointing: bool = True
+    checkpoint_every_n_steps: int = 50
     ckpt_path: str | None = None
+    teacher: Any = None
+
+
+@dataclass
+class WmlaConfig:
+    """World-model look-ahead (WebEvolver): ``candidates`` actions (greedy + samples asked to
+    differ, at ``temperature``), each simulated ``depth`` steps, from step ``from_step`` on."""
+
+    enabled: bool = False
+    candidates: int = 3
+    depth: int = 1
+    temperature: float = 1.0
+    from_step: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """What evaluate.py measures (``conf/eval/``): ``mode`` ``agent`` or ``world_model``.
+
+    agent: each task runs ``attempts`` times per seed; seeds are ``seeds`` when given, else
+    attempt ``i`` runs seed ``seed_offset + i`` (keep it clear of training seeds). pass@k is
+    reported for each ``k`` in ``k`` (``null``: 1 to the episodes per task) up to a task's
+    scored episodes. ``temperature`` overrides the
+    policy role's (``null``: keep it). ``max_failures`` failure steps in a row (unusable policy
+    output) end an episode. world_model: fidelity on the real rows of ``transitions`` (at most
+    ``limit``), ``batch`` predictions per model call.
+    """
+
+    mode: str = "agent"
+    attempts: int = 1
+    k: list[int] | None = None
+    seeds: list[int] | None = None
+    seed_offset: int = 1000
+    max_steps: int = 10
+    max_failures: int = 3
+    temperature: float | None = None
+    wmla: WmlaConfig = field(default_factory=WmlaConfig)
+    transitions: str | None = None
+    limit: int | None = None
+    batch: int = 16
 
 
 @dataclass
 class EvaluateConfig(_JobConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Files that survive a kill: atomic writes and line-addressed JSONL reading.
+"""Files that survive a kill: atomic writes, fsynced appends, line-addressed JSONL reading.
 
 Long jobs (synthesis, training) are killed by schedulers and users; a file is
 therefore either its old content or its new content, never half of each
@@ -15,6 +15,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class DataFileError(ValueError):
@@ -33,6 +36,7 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from the group
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -41,6 +45,35 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def append_line(path: Path | str, line: str) -> None:
+    """Append ``line`` (one JSON document, no newline) with one write, then fsync."""
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:  # a regular file takes it in one write; loop only on a short write
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover_jsonl(path: Path | str) -> int:
+    """Cut a torn last line off ``path``; returns the bytes removed (0 if none)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    with path.open("rb+") as handle:
+        data = handle.read()
+        keep = data.rfind(b"\n") + 1
+        if keep < size:
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return size - keep
 
 
 def atomic_write_json(path: Path | str, data: Any) -> None:
@@ -61,7 +94,9 @@ def read_text(path: Path | str) -> str:
 
 def iter_jsonl(text: str, path: Path | str) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, object)`` for each non-blank line; bad JSON names its line."""
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028 and friends, which JSON
+    # written with ensure_ascii=False may carry inside strings.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         try:

@@ -45,7 +45,8 @@ def example_from_row(row: Any, *, path: Path | str, line: int) -> ChatExample:
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise fail(where, "expected an object")
-        if message.get("role") not in ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
             raise fail(f"{where}.role", f"expected one of {sorted(ROLES)}")
         if not isinstance(message.get("content"), str):
             raise fail(f"{where}.content", "expected a string")

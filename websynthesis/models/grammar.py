@@ -151,20 +151,42 @@ def judge_grammar() -> str:
     return _reason_then_score('"0.5" | "0" | "1"')
 
 
-def a11y_grammar() -> str:
-    """The world model's ``<a11y>…</a11y>`` envelope (content free, ``</`` only to close)."""
-    return (
-        "\n".join(
-            [
-                _wrap_up_line("close", len("</a11y>")),
-                'root ::= "<a11y>" content close',
-                # "<" may not start a run of "<" (else "<<" eats the "<" of the closing tag).
-                'content ::= ([^<] | "<" [^/<])*',
-                'close ::= "</a11y>"',
-            ]
-        )
-        + "\n"
+def a11y_grammar(
+    ids: Sequence[str] = (), *, max_depth: int = 8, max_name_chars: int = 48, max_props: int = 2
+) -> str:
+    """The world model's answer: ``<a11y>``, a structurally valid WebArena tree, ``</a11y>``.
+
+    Every line is ``[id] role 'name' prop: value …`` at a depth at most one deeper than the
+    line before (one rule per depth makes the nesting context-free), the first line is the
+    root at depth 0, ids are the current page's ``ids`` or fresh numbers, names are quoted
+    as ``repr`` would quote them. So a constrained prediction always parses with no
+    structural error but possible duplicate ids (a grammar cannot count), whatever model
+    writes it; the wrap-up closes the tree after any complete line when the budget runs out.
+    The price is fidelity: names, props and depth are capped, so it suits small or untrained
+    world models (``model=tiny``); a trained 7B world model is best left unconstrained.
+    """
+    rules = [
+        'root ::= "<a11y>\\n" d0 close',
+        'close ::= "\\n</a11y>"',
+        *(
+            f'd{depth} ::= {_literal(chr(9) * depth)} line ("\\n" d{depth + 1})*'
+            for depth in range(1, max_depth)
+        ),
+        'd0 ::= line ("\\n" d1)*',
+        f"d{max_depth} ::= {_literal(chr(9) * max_depth)} line",
+        f'line ::= "[" id "] " role " " name (" " prop){{0,{max_props}}}',
+        "role ::= [A-Za-z] [A-Za-z0-9]{0,23}",
+        f'name ::= "\'" [^\'\\n\\\\]{{0,{max_name_chars}}} "\'"'
+        f' | "\\"" [^"\\n\\\\]{{0,{max_name_chars}}} "\\""',
+        'prop ::= [a-z] [A-Za-z]{0,15} ": " [A-Za-z0-9_.-]{1,24}',
+        "fresh ::= [1-9] [0-9]{0,4}",
+        "id ::= fresh" + "".join(f" | {_literal(i)}" for i in dict.fromkeys(ids)),
+    ]
+    longest_id = max([6, *(len(i.encode()) for i in ids)])
+    longest_line = (
+        max_depth + len("[] ") + longest_id + 24 + len(" ''") + max_name_chars + max_props * 44
     )
+    return _wrap_up_line("close", longest_line + len("\n</a11y>")) + "\n" + "\n".join(rules) + "\n"
 
 
 def _reason_then_score(score: str) -> str:

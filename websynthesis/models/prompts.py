@@ -106,9 +106,7 @@ def format_history(steps: Sequence[Step], style: PromptStyle) -> str:
     shown = [
         {
             "index": index,
-            "observation": step_excerpt(step, style.step_chars)
-            if index > first_observed
-            else None,
+            "observation": step_excerpt(step, style.step_chars) if index > first_observed else None,
             "thought": step.thought,
             "action": step.action.to_string(),
         }

@@ -170,7 +170,7 @@ KINDS: dict[str, _Kind] = {
         WorldModelInput,
         lambda inp, s: world_model_messages(inp, s.template, s.style),
         lambda text, inp, s: parse_world_model(text),
-        lambda inp, s: a11y_grammar(),
+        lambda inp, s: a11y_grammar([n.id for n in inp.observation.nodes if n.id is not None]),
     ),
     "reward": _Kind(
         RewardInput,
@@ -368,7 +368,7 @@ class ModelClient:
         base = [the_role.request(inp, n=n) for inp in inputs]
         sampled = settings.temperature > 0
         if seeds is None:
-            seeds = [self._seed(role, request) if sampled else None for request in base]
+            seeds = [self.seed_for(role, request) if sampled else None for request in base]
         stats = self.stats.role(role)
         results: list[list[Parsed[Any] | None]] = [[None] * n for _ in inputs]
         drawn = [0] * len(inputs)  # samples drawn so far from each input's seeded stream
@@ -378,7 +378,7 @@ class ModelClient:
                 _resampled(base[i], n=len(slots), seed=derive_seed(seeds[i], drawn[i]))
                 for i, slots in pending
             ]
-            generations = await self._generate(requests)
+            generations = await self.generate(requests)
             stats.requests += len(requests)
             failed = []
             for (i, slots), generation in zip(pending, generations, strict=True):
@@ -402,8 +402,11 @@ class ModelClient:
     def close(self) -> None:
         self.backend.close()
 
-    async def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
-        """The backend's answers; a backend that raises fails every request, not the caller."""
+    async def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        """One raw batch call, for free-text requests too.
+
+        A backend that raises fails every request rather than the caller; usage is recorded.
+        """
         try:
             generations = await self.backend.agenerate(requests)
             if len(generations) != len(requests):
@@ -428,7 +431,7 @@ class ModelClient:
         truncated = k < len(reasons) and reasons[k] == "length"
         return replace(outcome, attempts=attempt, truncated=truncated)
 
-    def _seed(self, role: str, request: GenerationRequest) -> int:
+    def seed_for(self, role: str, request: GenerationRequest) -> int:
         """A seed from the model seed, the role and the prompt: same question, same seed."""
         key = json.dumps([self.seed, role, request.messages, request.grammar], sort_keys=True)
         return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % SEED_MODULUS

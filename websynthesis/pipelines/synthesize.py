@@ -1,41 +1,89 @@
-"""synthesize.py's job: tasks in, searched trees and trajectories out.
+"""synthesize.py's job: tasks in; searched trees, training trajectories and statistics out.
 
-This build runs the stage every search starts with: load the configured
-tasks, take this job's shard, parse each first page, and report what the
-search will work on (``pages.json`` in the run dir, a table on the console,
-the same numbers to the configured loggers). Tasks whose first page is
-missing or structurally broken are listed, not searched.
+1. Open the run dir (:class:`~websynthesis.synthesis.store.RunStore`): repair it after a
+   kill, and skip the tasks it already records.
+2. Build the model stack from ``cfg.model``: the backend (Hydra ``_target_``), under a
+   response cache (``model.cache``, in ``paths.cache_dir``), under a wave batcher
+   (``search.batch``); a :class:`ModelClient` with a :class:`UsageTracker` (``prices``).
+3. Load this shard's tasks (``data.tasks``, ``data.limit``, ``shard``/``num_shards``) and
+   start each from its first page; a task without one is recorded as skipped.
+4. Search them ``search.concurrent_trees`` at a time (:class:`SearchEngine`) with
+   :class:`ModelWorld` and :class:`WebSearchPolicy`. As each tree finishes, extract its
+   examples and append tree + examples to the run dir, then refresh ``stats.json``.
+5. Report: a progress bar while it runs; a summary table, metrics and a table of sample
+   trajectories to the configured loggers at the end.
+
+A tree stopped by the run's token or cost budget before its first iteration is not
+recorded: a rerun with a larger budget searches it. A tree whose search raised (a bug) is
+not recorded either; its traceback goes to ``stats.json`` and the job exits with an error
+once the other trees are done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from websynthesis import tracking
 from websynthesis.data.tasks import Task, load_tasks, shard_tasks
-from websynthesis.io import atomic_write_json
-from websynthesis.web.observation import parse_axtree
+from websynthesis.models.batching import BatchingBackend
+from websynthesis.models.cache import CachedBackend
+from websynthesis.models.roles import ModelClient
+from websynthesis.models.types import Backend
+from websynthesis.models.usage import UsageTracker
+from websynthesis.search import SearchEngine, SearchResult, StopReason, TreeTask
+from websynthesis.synthesis import (
+    KINDS,
+    Extractor,
+    Goal,
+    ModelWorld,
+    ProgressDisplay,
+    RunStore,
+    Unsearchable,
+    WebSearchPolicy,
+    core_search_config,
+    engine_config,
+    merge_counts,
+    run_stats,
+    task_summary,
+)
+from websynthesis.synthesis.state import WebState, encode_action
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PageSummary:
-    """What the search will see of one task's first page."""
+class BackendStack:
+    """The backend the client talks to, and the layers whose statistics are reported."""
 
-    task_id: str
-    chars: int
-    nodes: int
-    interactive: int
-    errors: int
-    searchable: bool
+    backend: Backend
+    cache: CachedBackend | None
+    batcher: BatchingBackend | None
+
+
+def build_backend(cfg: DictConfig, backend: Backend | None = None) -> BackendStack:
+    """``cfg.model.backend`` (or ``backend``), cached, then batched, as configured."""
+    inner = backend if backend is not None else instantiate(cfg.model.backend)
+    cache = None
+    if cfg.model.cache:
+        path = Path(cfg.paths.cache_dir) / "responses" / f"{cfg.model.name}.sqlite"
+        cache = CachedBackend(inner, path)
+        inner = cache
+    batcher = None
+    if cfg.search.batch:
+        batcher = BatchingBackend(inner, max_batch_size=cfg.search.max_batch_size)
+        inner = batcher
+    return BackendStack(inner, cache, batcher)
 
 
 def select_tasks(cfg: DictConfig) -> list[Task]:
@@ -46,49 +94,253 @@ def select_tasks(cfg: DictConfig) -> list[Task]:
     return shard_tasks(tasks, cfg.shard, cfg.num_shards)
 
 
-def summarize_page(task: Task) -> PageSummary:
-    """Parse a task's first page; a page with structural errors is not searchable."""
-    if not task.state:
-        return PageSummary(task.task_id, 0, 0, 0, 0, searchable=False)
-    tree = parse_axtree(task.state)
-    return PageSummary(
-        task_id=task.task_id,
-        chars=len(task.state),
-        nodes=len(tree.nodes),
-        interactive=len(tree.interactive()),
-        errors=len(tree.errors),
-        searchable=not tree.errors and bool(tree.interactive()),
-    )
+def run(cfg: DictConfig, backend: Backend | None = None) -> dict[str, Any]:
+    """Synthesize this shard into ``paths.output_dir``; returns the final ``stats.json``.
+
+    ``backend`` replaces ``cfg.model.backend`` (benchmarks, tests); it is closed at the end.
+    """
+    store = RunStore(cfg.paths.output_dir)
+    try:
+        return asyncio.run(Synthesis(cfg, store, backend).run())
+    finally:
+        store.close()
 
 
-def run(cfg: DictConfig) -> dict[str, int]:
-    """Prepare this shard's tasks and write ``pages.json``; returns the counts."""
-    out = Path(cfg.paths.output_dir)
-    loggers = tracking.instantiate_loggers(cfg.get("logger"))
+def _loggers(cfg: DictConfig) -> list[Any]:
+    """The configured loggers, sent the job's config; none without importing Lightning.
+
+    (``websynthesis.tracking`` imports pytorch_lightning, seconds of start-up a run with
+    ``logger=none`` does not need.)
+    """
+    if not cfg.get("logger"):
+        return []
+    from websynthesis import tracking
+
+    loggers = tracking.instantiate_loggers(cfg.logger)
     tracking.log_job_config(loggers, cfg)
-    pages = [summarize_page(task) for task in select_tasks(cfg)]
-    atomic_write_json(out / "pages.json", [asdict(page) for page in pages])
-    stats = {
-        "tasks": len(pages),
-        "searchable": sum(page.searchable for page in pages),
-        "nodes": sum(page.nodes for page in pages),
-        "structural_errors": sum(page.errors for page in pages),
-    }
-    _print_table(pages, stats)
-    for logger in loggers:
-        logger.log_metrics({f"pages/{key}": value for key, value in stats.items()})
-    tracking.finish(loggers)
-    log.info("wrote %s", out / "pages.json")
-    return stats
+    return loggers
 
 
-def _print_table(pages: list[PageSummary], stats: dict[str, int]) -> None:
-    table = Table(title=f"{stats['tasks']} tasks, {stats['searchable']} searchable")
-    for column in ("task", "chars", "nodes", "interactive", "errors"):
-        table.add_column(column, justify="left" if column == "task" else "right")
-    for page in pages[:20]:
-        table.add_row(escape(page.task_id), *map(str, (page.chars, page.nodes, page.interactive,
-                                                page.errors)))
-    if len(pages) > 20:
-        table.add_row(f"… {len(pages) - 20} more", "", "", "", "")
-    Console().print(table)
+class Synthesis:
+    """One session of a synthesis run (see the module docstring)."""
+
+    def __init__(self, cfg: DictConfig, store: RunStore, backend: Backend | None) -> None:
+        self.cfg = cfg
+        self.tasks = select_tasks(cfg)  # a bad task file fails before any model is loaded
+        self.goals = {task.task_id: Goal.from_task(task) for task in self.tasks}
+        self.store = store
+        self.records = store.open()
+        previous = store.read_stats() or {}
+        self.previous = previous.get("counters") or {}
+        self.sessions: list[dict[str, Any]] = list(previous.get("sessions") or [])
+        self.errors: list[dict[str, str]] = []
+        self.unstarted = 0
+        self.started = time.monotonic()
+        self.usage = UsageTracker(cfg.prices)
+        self.stack = build_backend(cfg, backend)
+        self.client = ModelClient.from_config(
+            cfg.model, backend=self.stack.backend, usage=self.usage
+        )
+        self.world = ModelWorld(self.client, accept_malformed=cfg.search.accept_malformed_pages)
+        self.policy = WebSearchPolicy(self.client)
+        self.extractor = Extractor(
+            self.client, imagined=self.world.imagined, rollback_per_step=cfg.rollback_per_step
+        )
+        self.session = {
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "resumed_with": len(self.records),
+        }
+
+    async def run(self) -> dict[str, Any]:
+        loggers = _loggers(self.cfg)
+        try:
+            roots = await self._roots()
+            display = ProgressDisplay(
+                len(self.tasks), len(self.records), self._usage_now, enabled=self.cfg.progress
+            )
+            engine: SearchEngine[WebState, Any] = SearchEngine(
+                self.world,
+                self.policy,
+                core_search_config(self.cfg.search, self.policy.scale, int(self.cfg.seed)),
+                engine_config(self.cfg.search),
+                budget_exhausted=self._budget_exhausted,
+                on_tree_done=self._tree_done,
+                on_progress=display.update,
+            )
+            with display:
+                await engine.arun(roots)
+        finally:
+            self.client.close()
+        stats = self._write_stats()
+        self._report(stats, loggers)
+        if self.unstarted:
+            log.warning(
+                "%d tasks were not searched: the run's budget is spent; rerun on this run dir "
+                "with a larger budget to continue",
+                self.unstarted,
+            )
+        if self.errors:
+            failed = ", ".join(error["task_id"] for error in self.errors)
+            raise RuntimeError(
+                f"the search of {len(self.errors)} tasks failed ({failed}); "
+                f"tracebacks in {self.store.stats}"
+            )
+        return stats
+
+    async def _roots(self) -> list[TreeTask[WebState]]:
+        """First states of the tasks still to do; tasks without one are recorded as skipped."""
+        done = {record["task_id"] for record in self.records}
+        roots = []
+        for task in self.tasks:
+            if task.task_id in done:
+                continue
+            try:
+                state = await self.world.reset(task)
+            except Unsearchable as why:
+                self._record(task.task_id, None, {"skipped": str(why)}, skipped=str(why))
+                continue
+            roots.append(TreeTask(task.task_id, state, self.goals[task.task_id]))
+        shard = f"{self.cfg.shard}/{self.cfg.num_shards}"
+        log.info(
+            "%d tasks in shard %s: %d done before, %d to search",
+            *(len(self.tasks), shard, len(done), len(roots)),
+        )
+        return roots
+
+    async def _tree_done(self, task_id: str, result: SearchResult[WebState, Any]) -> None:
+        if result.error is not None:
+            log.error("the search of task %s failed:\n%s", task_id, result.error)
+            self.errors.append({"task_id": task_id, "error": result.error[-4000:]})
+            return
+        if result.stop_reason is StopReason.BUDGET and result.iterations == 0:
+            self.unstarted += 1
+            return
+        extracted = await self.extractor.extract(result, self.goals[task_id])
+        tree = result.to_dict(lambda state: state.to_json(), encode_action)
+        self._record(task_id, tree, task_summary(result, extracted), examples=extracted.rows())
+        self._write_stats()
+
+    def _record(
+        self,
+        task_id: str,
+        tree: dict[str, Any] | None,
+        summary: dict[str, Any],
+        *,
+        examples: dict[str, list[dict[str, Any]]] | None = None,
+        skipped: str | None = None,
+    ) -> None:
+        record = {
+            "task_id": task_id,
+            "skipped": skipped,
+            "summary": summary,
+            "tree": tree,
+            "examples": examples or {kind: [] for kind in KINDS},
+        }
+        self.store.append(record)
+        self.records.append(record)
+
+    def _counters(self) -> dict[str, Any]:
+        """This session's counters added to the previous sessions'."""
+        stack = self.stack
+        session = {
+            "usage": self.usage.to_dict(),
+            "outcomes": self.client.stats.to_dict(),
+            "cache": None if stack.cache is None else asdict(stack.cache.stats),
+            "batching": None if stack.batcher is None else stack.batcher.stats.to_dict(),
+            "world": self.world.stats.to_dict(),
+            "policy": self.policy.stats.to_dict(),
+            "wall_time_s": round(time.monotonic() - self.started, 3),
+        }
+        merged: dict[str, Any] = merge_counts(self.previous, session)
+        return merged
+
+    def _write_stats(self) -> dict[str, Any]:
+        session = self.session | {
+            "wall_time_s": round(time.monotonic() - self.started, 3),
+            "tasks_recorded": len(self.records) - self.session["resumed_with"],
+        }
+        stats = run_stats(
+            self.records, len(self.tasks), self._counters(), [*self.sessions, session], self.errors
+        )
+        self.store.write_stats(stats)
+        return stats
+
+    def _budget_exhausted(self) -> bool:
+        search = self.cfg.search
+        if search.token_budget is not None:
+            before = (self.previous.get("usage") or {}).get("total", {}).get("total_tokens", 0)
+            if before + self.usage.counts().total_tokens >= search.token_budget:
+                return True
+        if search.cost_budget is not None:
+            before = (self.previous.get("usage") or {}).get("total", {}).get("cost_usd") or 0.0
+            if before + float(self.usage.cost()) >= search.cost_budget:
+                return True
+        return False
+
+    def _usage_now(self) -> tuple[int, int, float | None]:
+        counts = self.usage.to_dict()["total"]
+        return counts["calls"] + counts["cached_calls"], counts["total_tokens"], counts["cost_usd"]
+
+    def _report(self, stats: dict[str, Any], loggers: list[Any]) -> None:
+        tasks = stats["tasks"]
+        title = f"{tasks['done']}/{tasks['total']} tasks, {tasks['solved']} solved"
+        table = Table(title=f"{title}, {stats['nodes']} nodes")
+        for column in ("task", "stop", "nodes", "solved", *KINDS):
+            table.add_column(column, justify="left" if column in ("task", "stop") else "right")
+        for task_id, summary in list(stats["per_task"].items())[:20]:
+            counts = summary.get("examples") or {}
+            table.add_row(
+                escape(task_id),
+                summary.get("stop_reason") or f"skipped: {summary.get('skipped')}",
+                str(summary.get("nodes", 0)),
+                "yes" if summary.get("solved") else "no",
+                *(str(counts.get(kind, 0)) for kind in KINDS),
+            )
+        Console().print(table)
+        metrics = {
+            "synthesis/tasks_done": tasks["done"],
+            "synthesis/tasks_solved": tasks["solved"],
+            "synthesis/nodes": stats["nodes"],
+            "synthesis/wall_time_s": stats["wall_time_s"],
+            **{f"synthesis/examples/{kind}": stats["examples"].get(kind, 0) for kind in KINDS},
+            **{f"synthesis/calls/{role}": n for role, n in stats["calls"].items()},
+            **{f"synthesis/tokens/{role}": t["total"] for role, t in stats["tokens"].items()},
+        }
+        if stats["cost_usd"] is not None:
+            metrics["synthesis/cost_usd"] = stats["cost_usd"]
+        columns, rows = self._sample_rows()
+        for logger in loggers:
+            logger.log_metrics(metrics)
+            log_table = getattr(logger, "log_table", None)
+            if log_table is not None and rows:
+                log_table(key="synthesis/sample_trajectories", columns=columns, data=rows)
+        if loggers:
+            from websynthesis import tracking
+
+            tracking.finish(loggers)
+
+    def _sample_rows(self) -> tuple[list[str], list[list[Any]]]:
+        """A few examples of each kind, for a glance at what the run produced."""
+        columns = ["kind", "task_id", "depth", "reward", "action", "target"]
+        rows: list[list[Any]] = []
+        per_kind = max(1, self.cfg.sample_trajectories // len(KINDS))
+        for kind in KINDS:
+            shown = 0
+            for record in self.records:
+                for row in record["examples"][kind]:
+                    if shown == per_kind:
+                        break
+                    meta = row["meta"]
+                    target = row["messages"][-1]["content"][:500]
+                    rows.append(
+                        [
+                            kind,
+                            meta["task_id"],
+                            meta["depth"],
+                            meta["reward"],
+                            meta["action"],
+                            target,
+                        ]
+                    )
+                    shown += 1
+        return columns, rows

@@ -1,0 +1,306 @@
+"""Throughput of web synthesis search: many trees at once vs one request at a time.
+
+    python bench/bench_synthesis.py                   # all CPU parts (tiny model; ~3 min)
+    python bench/bench_synthesis.py throughput [--trees 32]
+    python bench/bench_synthesis.py overhead [--iterations 4000]
+    python bench/bench_synthesis.py --gpu             # random Qwen2.5-7B on CUDA, 64 trees
+
+(a) **throughput**: the real pipeline pieces (``model=tiny search=small`` composed by Hydra,
+the tiny model's :class:`LocalBackend`, :class:`ModelClient`, :class:`ModelWorld`,
+:class:`WebSearchPolicy`, :class:`SearchEngine`), on ``--trees`` tasks (the demo tasks
+under distinct ids, so distinct seeds), searched (1) one tree and one request at a time
+(``search.concurrent_trees=1 search.batch=false``, the reference's way) and (2) all trees at
+once behind the :class:`BatchingBackend`. No response cache. Same seeds, so both searches
+build the same trees (checked): the same node budget. Reported: node expansions/s of both
+and their ratio (target >= 5x), and the batched search's generated tokens/s against the
+same backend's *raw* batched throughput: every request the search sent, replayed back to
+back in full batches with nothing in between (target >= 80% on a GPU).
+
+(b) **overhead**: the search core's own cost per node is ``bench/bench_search.py overhead``
+(target <= 1 ms per node), reused here; next to it, the whole web layer's (prompt rendering,
+parsing, validation, the client's bookkeeping) with a backend that answers instantly from a
+precomputed table, so the time measured is everything but the model.
+
+``--gpu``: (a) with a randomly initialised Qwen2.5-7B-architecture model in bf16 on CUDA
+(shapes from ``bench_generation.py``) and 64 trees; the one-at-a-time baseline is skipped
+unless ``--baseline``. Prints a table per part, then one JSON line with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import bench_search
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from websynthesis.config import register_configs
+from websynthesis.data.tasks import load_tasks
+from websynthesis.models.batching import BatchingBackend
+from websynthesis.models.roles import ModelClient
+from websynthesis.models.types import Backend, Generation, GenerationRequest
+from websynthesis.models.usage import UsageTracker
+from websynthesis.search import SearchEngine, SearchResult, TreeTask
+from websynthesis.synthesis import (
+    Goal,
+    ModelWorld,
+    WebSearchPolicy,
+    WebState,
+    core_search_config,
+    engine_config,
+)
+from websynthesis.web.actions import ANSWER_PHRASE
+from websynthesis.web.observation import parse_axtree
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        fixed = ["logger=none", "paths.root_dir=.", "paths.output_dir=.", "model.cache=false"]
+        return compose(config_name="synthesize", overrides=[*fixed, *overrides])
+
+
+class Recorder:
+    """Passes requests through and keeps them (for the raw-throughput replay)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.requests: list[GenerationRequest] = []
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        self.requests += requests
+        return await self.inner.agenerate(requests)
+
+    def close(self) -> None:
+        """The model is shared by the measurements; the caller closes it."""
+
+
+@dataclass
+class Measured:
+    seconds: float
+    expansions: int
+    nodes: int
+    completion_tokens: int
+    batches: int
+    trees: list[dict[str, Any]]
+    requests: list[GenerationRequest]
+
+    def row(self) -> dict[str, float]:
+        return {
+            "seconds": self.seconds,
+            "expansions": self.expansions,
+            "nodes": self.nodes,
+            "expansions_per_s": self.expansions / self.seconds,
+            "completion_tokens_per_s": self.completion_tokens / self.seconds,
+            "batches": self.batches,
+        }
+
+
+def tasks(count: int) -> list[TreeTask[WebState]]:
+    """``count`` demo tasks under distinct ids (so distinct tree seeds)."""
+    demo = load_tasks("demo")
+    work = []
+    for i in range(count):
+        task = demo[i % len(demo)]
+        task = replace(task, task_id=f"{task.task_id}#{i}")
+        state = WebState(task.task_id, parse_axtree(task.state or ""))
+        work.append(TreeTask(task.task_id, state, Goal.from_task(task)))
+    return work
+
+
+def search(cfg: DictConfig, model: Backend, work: list[TreeTask[WebState]]) -> Measured:
+    """One synthesis search of ``work`` as ``cfg.search`` says (no extraction, no files)."""
+    recorder = Recorder(model)
+    backend: Backend = recorder
+    batcher = None
+    if cfg.search.batch:
+        batcher = BatchingBackend(backend, max_batch_size=cfg.search.max_batch_size)
+        backend = batcher
+    usage = UsageTracker()
+    client = ModelClient.from_config(cfg.model, backend=backend, usage=usage)
+    world = ModelWorld(client, accept_malformed=cfg.search.accept_malformed_pages)
+    policy = WebSearchPolicy(client)
+    engine: SearchEngine[WebState, Any] = SearchEngine(
+        world,
+        policy,
+        core_search_config(cfg.search, policy.scale, int(cfg.seed)),
+        engine_config(cfg.search),
+    )
+    start = time.perf_counter()
+    results = engine.run(work)
+    seconds = time.perf_counter() - start
+    assert all(r.error is None for r in results), [r.error for r in results if r.error]
+    return Measured(
+        seconds=seconds,
+        expansions=sum(r.stats.expansions for r in results),
+        nodes=sum(len(r.root.walk()) for r in results),
+        completion_tokens=usage.counts().completion_tokens,
+        batches=batcher.stats.batches if batcher else usage.counts().calls,
+        trees=[_shape(r) for r in results],
+        requests=recorder.requests,
+    )
+
+
+def _shape(result: SearchResult[WebState, Any]) -> dict[str, Any]:
+    return {
+        n["id"]: (n["action"], n["reward"]) for n in result.to_dict(lambda s: None, str)["nodes"]
+    }
+
+
+def raw_throughput(model: Backend, requests: list[GenerationRequest], batch: int) -> float:
+    """Completion tokens/s of ``requests`` sent back to back, ``batch`` at a time, by role."""
+    by_role: dict[str, list[GenerationRequest]] = {}
+    for request in requests:
+        by_role.setdefault(request.role, []).append(request)
+    chunks = [rs[i : i + batch] for rs in by_role.values() for i in range(0, len(rs), batch)]
+
+    async def replay() -> int:
+        tokens = 0
+        for chunk in chunks:
+            tokens += sum(g.completion_tokens for g in await model.agenerate(chunk))
+        return tokens
+
+    start = time.perf_counter()
+    tokens = asyncio.run(replay())
+    return tokens / (time.perf_counter() - start)
+
+
+def throughput(args: argparse.Namespace, model: Backend, overrides: list[str]) -> dict[str, Any]:
+    work = tasks(args.trees)
+    batched_cfg = compose_config(*overrides, f"search.concurrent_trees={args.trees}")
+    report: dict[str, Any] = {"trees": args.trees}
+    if args.baseline:
+        one_cfg = compose_config(*overrides, "search.concurrent_trees=1", "search.batch=false")
+        one = search(one_cfg, model, work)
+        report["one at a time"] = one.row()
+    batched = search(batched_cfg, model, work)
+    report[f"{args.trees} trees batched"] = batched.row()
+    if args.baseline:
+        assert batched.trees == one.trees, "the two searches built different trees"
+        report["ratio"] = batched.row()["expansions_per_s"] / one.row()["expansions_per_s"]
+    raw = raw_throughput(model, batched.requests, batched_cfg.search.max_batch_size)
+    report["raw_tokens_per_s"] = raw
+    report["search_over_raw"] = batched.row()["completion_tokens_per_s"] / raw
+    return report
+
+
+class Table:
+    """An instant backend: each role's answer is read from a table built once."""
+
+    cache_identity = "table"
+
+    def __init__(self, page: str, actions: list[str]) -> None:
+        fence = "```"
+        self.answers = {
+            "policy": [f"Let's think. {ANSWER_PHRASE} {fence}{a}{fence}" for a in actions],
+            "world_model": [f"<a11y>\n{page}\n</a11y>"],
+            "reward": ["Reason: progress.\nScore: 3"],
+        }
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        out = []
+        for request in requests:
+            answers = self.answers[request.role]
+            texts = [answers[j % len(answers)] for j in range(request.sampling.n)]
+            out.append(Generation(texts, 1, 1, ["stop"] * len(texts)))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def web_overhead(nodes_target: int) -> dict[str, float]:
+    """ms per node of the web layer + core with instant answers (best of 3)."""
+    task = load_tasks("demo")[0]
+    assert task.state is not None
+    actions = ["click [21]", "click [22]", "type [15] [Le Guin] [1]", "click [16]"]
+    per_tree = 40
+    trees = max(1, nodes_target // (2 * per_tree))
+    overrides = [
+        "search=small",
+        f"search.iterations={per_tree}",
+        "search.max_depth=8",
+        f"search.concurrent_trees={trees}",
+    ]
+    cfg = compose_config("model=tiny", *overrides)
+    best = None
+    for _ in range(3):
+        measured = search(cfg, Table(task.state, actions), tasks(trees))
+        if best is None or measured.seconds < best.seconds:
+            best = measured
+    assert best is not None
+    return {
+        "trees": trees,
+        "nodes": best.nodes,
+        "expansions": best.expansions,
+        "ms_per_node": 1000 * best.seconds / best.nodes,
+        "ms_per_expansion": 1000 * best.seconds / best.expansions,
+    }
+
+
+def random_7b() -> Backend:
+    """A random Qwen2.5-7B-architecture model in bf16 on CUDA (bench_generation's recipe)."""
+    import bench_generation
+
+    args = argparse.Namespace(model_path=None, random_7b=True)
+    backend: Backend = bench_generation._backend(args)
+    return backend
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", nargs="?", choices=["throughput", "overhead", "all"], default="all")
+    parser.add_argument("--trees", type=int, default=None, help="32 (CPU) or 64 (--gpu)")
+    parser.add_argument("--gpu", action="store_true", help="random Qwen2.5-7B on CUDA")
+    parser.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also search one at a time (default: on, off with --gpu)",
+    )
+    parser.add_argument("--iterations", type=int, default=4000, help="overhead: nodes")
+    args = parser.parse_args()
+    args.trees = args.trees or (64 if args.gpu else 32)
+    args.baseline = (not args.gpu) if args.baseline is None else args.baseline
+    report: dict[str, Any] = {}
+    if args.part in ("throughput", "all"):
+        overrides = ["model=tiny", "search=small", "search.time_limit_s=null"]
+        cfg = compose_config(*overrides)
+        model = random_7b() if args.gpu else instantiate(cfg.model.backend)
+        asyncio.run(model.agenerate([GenerationRequest(({"role": "user", "content": "hi"},))]))
+        result = throughput(args, model, overrides)
+        model.close()
+        print(f"{'throughput':<24}{'expansions':>11}{'nodes':>7}{'seconds':>9}{'exp/s':>8}")
+        for name, row in result.items():
+            if isinstance(row, dict):
+                print(
+                    f"{name:<24}{row['expansions']:>11.0f}{row['nodes']:>7.0f}"
+                    f"{row['seconds']:>9.2f}{row['expansions_per_s']:>8.2f}"
+                )
+        if "ratio" in result:
+            print(f"expansions/s, batched / one at a time: {result['ratio']:.1f}x")
+        print(f"search tokens/s over raw batched tokens/s: {result['search_over_raw']:.0%}")
+        report["throughput"] = result
+    if args.part in ("overhead", "all") and not args.gpu:
+        core = bench_search.overhead(args.iterations, profile=False)
+        web = web_overhead(args.iterations)
+        print(f"{'overhead':<24}{'nodes':>8}{'ms/node':>10}")
+        for name, row in core.items():
+            print(f"{'core: ' + name:<24}{row['nodes']:>8.0f}{row['ms_per_node']:>10.3f}")
+        print(f"{'web layer + core':<24}{web['nodes']:>8.0f}{web['ms_per_node']:>10.3f}")
+        report["overhead"] = {"core": core, "web": web}
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Real MiniWoB++ episodes in headless Chromium through BrowserGym, and browser failures.
+
+One environment (one worker, one browser at a time) serves the episode tests; the crash and
+hang tests get their own, since they kill its browser on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from websynthesis.config import EnvConfig
+from websynthesis.env.base import EnvError, Observation
+from websynthesis.env.browsergym_env import BrowserGymEnv, make_env
+from websynthesis.web.actions import Action, ActionKind, parse_action
+from websynthesis.web.observation import parse_axtree
+
+pytestmark = [
+    pytest.mark.browser,
+]
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[BrowserGymEnv]:
+    with make_env(EnvConfig(name="miniwob", step_timeout_s=20, max_steps=5)) as live:
+        yield live
+
+
+def element(observation: Observation, role: str, name: str | None = None) -> str:
+    """The id of the first element with this role (and name)."""
+    for node in observation.tree:
+        if node.role == role and (name is None or node.name == name) and node.id:
+            return node.id
+    raise AssertionError(f"no {role} {name!r} in\n{observation.text}")
+
+
+def assert_canonical(observation: Observation) -> None:
+    assert observation.tree.errors == []
+    assert parse_axtree(observation.text).render() == observation.text
+    assert observation.tree.render() == observation.text
+    assert observation.text.startswith("Tab 0 (current): ")
+    ids = [node.id for node in observation.tree]
+    assert None not in ids and len(ids) == len(set(ids))
+
+
+def browser_process(env: BrowserGymEnv) -> psutil.Process:
+    """Chromium's main process: the Chromium in the worker's tree whose parent is not one."""
+    assert env.worker_pid is not None
+    tree = psutil.Process(env.worker_pid).children(recursive=True)
+    chromiums = {proc.pid for proc in tree if "chrom" in proc.name()}
+    return next(proc for proc in tree if proc.pid in chromiums and proc.ppid() not in chromiums)
+
+
+def dies_within(process: psutil.Process, seconds: float) -> bool:
+    """Whether ``process`` is gone or a zombie (dead, not yet reaped) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_click_button_episode_is_won_by_clicking_the_named_button(env: BrowserGymEnv) -> None:
+    observation = env.reset("click-button", seed=0)
+    assert_canonical(observation)
+    assert observation.url.endswith("/click-button.html")
+    assert observation.last_action_error is None
+    wanted = re.fullmatch(r'Click on the "(.+)" button\.', observation.goal)
+    assert wanted, observation.goal
+    button = element(observation, "button", wanted.group(1))
+
+    result = env.step(Action(ActionKind.CLICK, target=button))
+
+    assert (result.reward, result.done, result.error) == (1.0, True, None)
+    assert result.observation.last_action_error is None
+    assert_canonical(result.observation)
+
+
+def test_enter_text_types_then_submits(env: BrowserGymEnv) -> None:
+    observation = env.reset("enter-text", seed=1)
+    word = re.search(r'"(.+)"', observation.goal)
+    assert word, observation.goal
+    field = element(observation, "textbox")
+
+    typed = env.step(parse_action(f"type [{field}] [{word.group(1)}] [0]"))
+    assert (typed.reward, typed.done) == (0.0, False)
+    assert typed.observation.tree.get(field).props.get("value") == word.group(1)
+    assert_canonical(typed.observation)
+
+    submitted = env.step(parse_action(f"click [{element(typed.observation, 'button')}]"))
+    assert (submitted.reward, submitted.done, submitted.error) == (1.0, True, None)
+
+
+def test_refused_actions_are_the_agents_errors_not_crashes(env: BrowserGymEnv) -> None:
+    observation = env.reset("click-button", seed=2)
+
+    unknown = env.step(parse_action("click [9999]"))
+    assert unknown.error is None and not unknown.done
+    assert "unknown_id" in (unknown.observation.last_action_error or "")
+    assert unknown.observation.text == observation.text
+
+    text_node = next(node.id for node in observation.tree if node.role == "StaticText")
+    on_text = env.step(parse_action(f"click [{text_node}]"))  # sent to the text's element
+    assert on_text.error is None and on_text.observation.last_action_error is None
+
+    root = observation.tree.nodes[0].id
+    refused_by_page = env.step(parse_action(f"click [{root}]"))  # the page root: no element
+    assert refused_by_page.error is None and not refused_by_page.done
+    assert "Could not find element" in (refused_by_page.observation.last_action_error or "")
+
+    later = env.step(parse_action("scroll [down]"))
+    assert later.observation.last_action_error is None
+
+
+def test_stop_ends_the_episode_and_steps_are_truncated(env: BrowserGymEnv) -> None:
+    env.reset("click-button", seed=3)
+    stopped = env.step(parse_action("stop [done]"))
+    assert stopped.done and stopped.reward == 0.0 and stopped.error is None
+
+    env.reset("click-button", seed=3)
+    results = [env.step(parse_action("click [9999]")) for _ in range(env.max_steps)]
+    assert [r.truncated for r in results] == [False] * (env.max_steps - 1) + [True]
+
+
+def test_unknown_task_and_step_before_reset_are_typed_errors() -> None:
+    with make_env(EnvConfig(name="miniwob")) as fresh:
+        with pytest.raises(EnvError, match="reset first"):
+            fresh.step(parse_action("click [1]"))
+        with pytest.raises(ValueError, match="unknown MiniWoB"):
+            fresh.reset("no-such-task", seed=0)
+
+
+@pytest.mark.slow
+def test_killed_browser_is_an_env_error_and_the_next_reset_restarts_it() -> None:
+    with make_env(EnvConfig(name="miniwob", step_timeout_s=20)) as victim:
+        observation = victim.reset("click-button", seed=0)
+        first_worker = victim.worker_pid
+        os.kill(browser_process(victim).pid, signal.SIGKILL)
+
+        result = victim.step(parse_action(f"click [{element(observation, 'button')}]"))
+
+        assert result.done and result.error is not None and result.reward == 0.0
+        assert result.observation is observation
+        with pytest.raises(EnvError):
+            victim.step(parse_action("click [1]"))  # the episode is over
+        again = victim.reset("click-button", seed=0)
+        assert victim.worker_pid != first_worker
+        assert again.text == observation.text
+
+
+@pytest.mark.slow
+def test_hung_browser_times_out_is_killed_and_replaced() -> None:
+    with make_env(EnvConfig(name="miniwob", step_timeout_s=3)) as victim:
+        observation = victim.reset("click-button", seed=0)
+        hung = browser_process(victim)
+        hung.suspend()  # SIGSTOP: alive but answering nothing
+        started = time.monotonic()
+
+        result = victim.step(parse_action(f"click [{element(observation, 'button')}]"))
+
+        assert time.monotonic() - started < 10
+        assert result.done and "timed out" in (result.error or "")
+        assert dies_within(hung, seconds=5)  # killed with its worker
+        assert victim.reset("click-button", seed=0).text == observation.text

@@ -1,0 +1,9 @@
+"""Live web environments: BrowserGym + MiniWoB++ (and self-hosted WebArena) in the system Chromium.
+
+The API is in :mod:`websynthesis.env.base`; :func:`websynthesis.env.browsergym_env.make_env`
+builds an environment from an ``EnvConfig``.
+"""
+
+from websynthesis.env.base import EnvError, Observation, StepResult, WebEnv
+
+__all__ = ["EnvError", "Observation", "StepResult", "WebEnv"]

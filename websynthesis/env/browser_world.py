@@ -1,0 +1,149 @@
+"""The search's :class:`~websynthesis.synthesis.world.BrowserWorld` on live browsers.
+
+MCTS visits states in any order; a browser only moves forward. Every
+:class:`~websynthesis.synthesis.state.WebState` carries its action prefix, so a state is
+reached again by resetting the task with the world's fixed seed and replaying the prefix.
+A browser already standing on the state (the common case: a child expanded right after its
+parent) is reused without replay; the pool prefers such a browser.
+
+Rewards: the task's own reward (MiniWoB's) is passed through as ``Transition.env_reward``;
+a ``stop`` does not touch the browser and carries the reward of the state it stops on.
+With ``scored=False`` (self-hosted WebArena, scored afterwards by the evaluators) every
+``env_reward`` is ``None`` and the search asks its reward model.
+
+A replay that fails (browser crash, timeout, an episode that ends early) makes the step a
+``Transition(error=...)``, which the search keeps as a failed leaf. A replayed page that
+differs from the stored one (a page with timers or randomness beyond the seed) is counted in
+:attr:`ReplayStats.mismatches` and the search goes on from the live page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from websynthesis.config import EnvConfig
+from websynthesis.data.tasks import Task
+from websynthesis.env.base import EnvError, WebEnv
+from websynthesis.env.browsergym_env import make_env
+from websynthesis.env.pool import EnvPool
+from websynthesis.search import Transition
+from websynthesis.synthesis.state import WebState
+from websynthesis.synthesis.world import BrowserWorld, Unsearchable
+from websynthesis.web.actions import Action, ActionKind
+
+_Position = tuple[str, tuple[Action, ...]]
+
+
+@dataclass
+class ReplayStats:
+    """``resets`` of a task's first page, ``replays`` of a prefix and the ``replayed_steps``
+    they took, ``direct`` steps on a browser already in place, replayed pages that differed
+    from the stored ones (``mismatches``) and environment ``failures``."""
+
+    resets: int = 0
+    replays: int = 0
+    replayed_steps: int = 0
+    direct: int = 0
+    mismatches: int = 0
+    failures: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LiveBrowserWorld(BrowserWorld):
+    """Reset-and-replay search over a pool of live environments (see the module docstring).
+
+    ``goals`` maps each reset task id to the environment's goal text: for MiniWoB++ the
+    instruction depends on the seed and is only known once the page is up.
+    """
+
+    def __init__(self, pool: EnvPool[Any], *, seed: int = 0, scored: bool = True) -> None:
+        self.pool = pool
+        self.seed = seed
+        self.scored = scored
+        self.goals: dict[str, str] = {}
+        self.stats = ReplayStats()
+        self._positions: dict[int, _Position | None] = {}  # id(env) -> where its browser is
+        self._rewards: dict[_Position, float] = {}  # reward of reaching a state
+
+    @classmethod
+    def from_config(
+        cls, config: EnvConfig, tasks: Sequence[Task] = (), *, seed: int = 0
+    ) -> LiveBrowserWorld:
+        """``config.pool_size`` browsers of ``config``; rewards are passed through for MiniWoB++
+        only (a self-hosted WebArena is scored by the evaluators, after the episode)."""
+        pool = EnvPool(lambda: make_env(config, tasks), config.pool_size)
+        return cls(pool, seed=seed, scored=config.name == "miniwob")
+
+    async def reset(self, task: Task) -> WebState:
+        return await asyncio.to_thread(self._reset, task.task_id)
+
+    async def step(self, state: WebState, action: Action) -> Transition[WebState]:
+        if action.kind is ActionKind.STOP:
+            return Transition(
+                state.after(action), env_reward=self._reward((state.task_id, state.actions))
+            )
+        return await asyncio.to_thread(self._step, state, action)
+
+    def _reset(self, task_id: str) -> WebState:
+        with self.pool.lease() as env:
+            try:
+                observation = env.reset(task_id, self.seed)
+            except EnvError as error:
+                self._positions[id(env)] = None
+                raise Unsearchable(f"the browser could not start {task_id!r}: {error}") from error
+            self.stats.resets += 1
+            self._positions[id(env)] = (task_id, ())
+        self.goals[task_id] = observation.goal
+        self._rewards[(task_id, ())] = 0.0
+        return WebState(task_id, observation.tree)
+
+    def _step(self, state: WebState, action: Action) -> Transition[WebState]:
+        here: _Position = (state.task_id, state.actions)
+        with self.pool.lease(prefer=lambda env: self._positions.get(id(env)) == here) as env:
+            at = self._positions.get(id(env))
+            self._positions[id(env)] = None  # unknown until this step succeeds
+            if at != here:
+                failure = self._replay(env, state)
+                if failure is not None:
+                    self.stats.failures += 1
+                    return Transition(state, error=failure)
+            else:
+                self.stats.direct += 1
+            result = env.step(action)
+            if result.error is not None:
+                self.stats.failures += 1
+                return Transition(state, error=result.error)
+            after = state.after(action, result.observation.tree)
+            ended = result.done or result.truncated
+            if not ended:
+                self._positions[id(env)] = (state.task_id, after.actions)
+        self._rewards[(state.task_id, after.actions)] = result.reward
+        reward = result.reward if self.scored else None
+        return Transition(after, env_reward=reward, terminal=ended)
+
+    def _replay(self, env: WebEnv, state: WebState) -> str | None:
+        """Bring ``env`` to ``state``: reset, then the prefix. Returns why it failed, if it did."""
+        self.stats.replays += 1
+        try:
+            observation = env.reset(state.task_id, self.seed)
+        except EnvError as error:
+            return f"replay: reset failed: {error}"
+        for index, action in enumerate(state.actions):
+            result = env.step(action)
+            self.stats.replayed_steps += 1
+            if result.error is not None:
+                return f"replay: step {index + 1} ({action}) failed: {result.error}"
+            if result.done:
+                return f"replay: the episode ended at step {index + 1} ({action})"
+            observation = result.observation
+        if observation.text != state.observation.render():
+            self.stats.mismatches += 1
+        return None
+
+    def _reward(self, position: _Position) -> float | None:
+        return self._rewards.get(position) if self.scored else None

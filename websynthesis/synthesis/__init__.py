@@ -1,0 +1,41 @@
+"""The web side of WebMCTS: worlds, the search policy, extraction of training data, the run dir.
+
+The search algorithm (:mod:`websynthesis.search`) knows nothing of the web; this package
+gives it web states (:class:`WebState`), dynamics (:class:`ModelWorld`, the
+:class:`BrowserWorld` interface for live sites), a policy and evaluator
+(:class:`WebSearchPolicy`), and turns finished trees into chat-format training examples
+(:class:`Extractor`) stored resumably in a run dir (:class:`RunStore`).
+``websynthesis.pipelines.synthesize`` puts them together behind ``synthesize.py``.
+"""
+
+from websynthesis.synthesis.extract import KINDS, Extracted, Extractor
+from websynthesis.synthesis.policy import WebSearchPolicy, visible_page
+from websynthesis.synthesis.progress import ProgressDisplay
+from websynthesis.synthesis.settings import core_search_config, engine_config
+from websynthesis.synthesis.state import Goal, WebState, history
+from websynthesis.synthesis.stats import merge_counts, run_stats, task_summary
+from websynthesis.synthesis.store import RunDirBusy, RunStore
+from websynthesis.synthesis.world import BrowserWorld, ModelWorld, Unsearchable, WebWorld
+
+__all__ = [
+    "KINDS",
+    "BrowserWorld",
+    "Extracted",
+    "Extractor",
+    "Goal",
+    "ModelWorld",
+    "ProgressDisplay",
+    "RunDirBusy",
+    "RunStore",
+    "Unsearchable",
+    "WebSearchPolicy",
+    "WebState",
+    "WebWorld",
+    "core_search_config",
+    "engine_config",
+    "history",
+    "merge_counts",
+    "run_stats",
+    "task_summary",
+    "visible_page",
+]

@@ -1,0 +1,141 @@
+"""The run dir of a synthesis job: ``trees.jsonl`` is the record, the rest is derived from it.
+
+A job may be killed at any moment (``kill -9``, a scheduler's preemption) and restarted on the
+same run dir, so:
+
+- Each finished task is **one line** of ``trees.jsonl``: its whole tree and its extracted
+  examples, appended with a single ``write`` of the complete line, then ``fsync``. A kill
+  mid-write leaves a *torn* last line (no newline); :meth:`RunStore.open` cuts it off, so a
+  task is either entirely in the file or not at all (and is searched again).
+- ``trajectories/{valuable,rollback,transitions}.jsonl`` are rebuilt from ``trees.jsonl``
+  (each atomically) when a run opens the dir, and appended to as trees finish; a kill
+  between the two appends is repaired by the next open. So they never hold an example of a
+  task that is not in ``trees.jsonl``, nor one twice.
+- One job per run dir: an exclusive ``flock`` (released by the OS when the process dies)
+  refuses a second process instead of letting two interleave their lines.
+
+The reference wrote each tree only at the end of its search, non-atomically, and took a
+file's existence for "done" (R1, R3).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from websynthesis.io import (
+    DataFileError,
+    append_line,
+    atomic_write_json,
+    atomic_write_text,
+    iter_jsonl,
+    recover_jsonl,
+)
+from websynthesis.synthesis.extract import KINDS
+
+log = logging.getLogger(__name__)
+
+TREES = "trees.jsonl"
+TRAJECTORIES = "trajectories"
+STATS = "stats.json"
+LOCK = ".synthesize.lock"
+
+
+class RunDirBusy(RuntimeError):
+    """Another process is writing this run dir."""
+
+
+class RunStore:
+    """Reads and writes one run dir (see the module docstring)."""
+
+    def __init__(self, run_dir: Path | str) -> None:
+        self.dir = Path(run_dir)
+        self.trees = self.dir / TREES
+        self.stats = self.dir / STATS
+        self._lock_fd: int | None = None
+
+    def trajectory_path(self, kind: str) -> Path:
+        return self.dir / TRAJECTORIES / f"{kind}.jsonl"
+
+    def open(self) -> list[dict[str, Any]]:
+        """Lock the dir, repair it after a kill, and return the finished tasks' records."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        torn = recover_jsonl(self.trees)
+        if torn:
+            log.warning(
+                "%s: cut a torn last line (%d bytes) left by a killed run", self.trees, torn
+            )
+        records = self._read()
+        self._materialise(records)
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Record one finished task: its line first, then its examples."""
+        append_line(self.trees, json.dumps(record, ensure_ascii=False))
+        for kind in KINDS:
+            rows = record["examples"][kind]
+            if rows:
+                path = self.trajectory_path(kind)
+                append_line(path, "\n".join(json.dumps(row, ensure_ascii=False) for row in rows))
+
+    def read_stats(self) -> dict[str, Any] | None:
+        """The previous ``stats.json``, if a run left one."""
+        if not self.stats.exists():
+            return None
+        try:
+            data: dict[str, Any] = json.loads(self.stats.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            log.warning("ignoring unreadable %s: %s", self.stats, error)
+            return None
+        return data
+
+    def write_stats(self, stats: dict[str, Any]) -> None:
+        atomic_write_json(self.stats, stats)
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirBusy(f"another synthesize.py is writing {self.dir}") from None
+        self._lock_fd = fd
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.trees.exists():
+            return []
+        text = self.trees.read_text(encoding="utf-8")
+        records: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for line, record in iter_jsonl(text, self.trees):
+            if not isinstance(record, dict) or "task_id" not in record:
+                raise DataFileError(self.trees, line, "task_id", "not a tree record")
+            if record["task_id"] in seen:
+                message = "%s:%d: task %s is already recorded; keeping the first"
+                log.warning(message, self.trees, line, record["task_id"])
+                continue
+            seen.add(record["task_id"])
+            records.append(record)
+        return records
+
+    def _materialise(self, records: Iterable[dict[str, Any]]) -> None:
+        """Rewrite the trajectory files from the records (each atomically)."""
+        lines: dict[str, list[str]] = {kind: [] for kind in KINDS}
+        for record in records:
+            for kind in KINDS:
+                lines[kind] += [json.dumps(r, ensure_ascii=False) for r in record["examples"][kind]]
+        for kind in KINDS:
+            atomic_write_text(self.trajectory_path(kind), "".join(f"{ln}\n" for ln in lines[kind]))
