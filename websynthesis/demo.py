@@ -133,10 +133,9 @@ STAGES: list[tuple[str, list[str]]] = [
             "+experiment=websynthesis",
             "model=tiny",
             "logger=none",
+            # captions and functionality need a teacher model (none here): they are left out,
+            # the warm-up trains on state transitions derived from the synthesized trees
             "data.trajectories_dir=outputs/demo/synthesize/trajectories",
-            "data.imagined=true",
-            # captions and functionality need a teacher model; the derived mix needs none
-            "curriculum.stages.0.data=[state_transition]",
             "trainer.max_steps=4",
             "data.max_length=2048",
             "data.batch_tokens=4096",

@@ -95,7 +95,7 @@ def build_mix(
     else:
         examples = _BUILDERS[name](data_cfg, teacher, model_cfg, local)
     examples += _external_examples(name, data_cfg, local)
-    if not examples:
+    if not examples and not local["no_teacher"]:
         raise ValueError(
             f"mix {name!r} is empty: set data.train_files.{name}, add a data.external entry "
             f"with mix: {name}, or give it sources (see websynthesis.data.mixes)"
@@ -226,7 +226,12 @@ _BUILDERS: dict[str, Builder] = {
 
 
 def _no_teacher(name: str, counts: Counter[str]) -> list[ChatExample]:
-    log.warning("mix %s: no teacher model given, so nothing is generated for it", name)
+    """A model-written mix without a teacher is left out (and counted), not an error: a
+    stage of several mixes still trains on the derived ones, offline."""
+    log.warning(
+        "mix %s needs a teacher model (teacher=<backend config>); it is left out of this run",
+        name,
+    )
     counts["no_teacher"] += 1
     return []
 

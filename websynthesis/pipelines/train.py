@@ -81,7 +81,13 @@ class MixSource:
         """A stage's examples: its mixes, concatenated in order."""
         if not stage.data:
             raise ValueError(f"stage {stage.name} names no data")
-        return [example for name in stage.data for example in self.mix(name)]
+        examples = [example for name in stage.data for example in self.mix(name)]
+        if not examples:
+            raise ValueError(
+                f"stage {stage.name} has no examples: its mixes {list(stage.data)} are empty "
+                "(model-written mixes need teacher=<backend config>; see data_stats.json)"
+            )
+        return examples
 
     def mix(self, name: str) -> list[ChatExample]:
         if name not in self._cache:
