@@ -186,7 +186,11 @@ def throughput(args: argparse.Namespace, model: Backend, overrides: list[str]) -
     batched = search(batched_cfg, model, work)
     report[f"{args.trees} trees batched"] = batched.row()
     if args.baseline:
-        assert batched.trees == one.trees, "the two searches built different trees"
+        # Same budget (iterations per tree), not always the same trees: batch composition
+        # changes float rounding, so a greedy near-tie can go the other way in a long
+        # generation. Rates per expansion are compared, and how many trees matched is shown.
+        pairs = zip(batched.trees, one.trees, strict=True)
+        report["identical_trees"] = sum(mine == theirs for mine, theirs in pairs)
         report["ratio"] = batched.row()["expansions_per_s"] / one.row()["expansions_per_s"]
     raw = raw_throughput(model, batched.requests, batched_cfg.search.max_batch_size)
     report["raw_tokens_per_s"] = raw

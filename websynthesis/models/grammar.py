@@ -31,6 +31,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import xgrammar as xgr
@@ -208,6 +209,7 @@ def _wrap_up_line(rule: str, answer_bytes: int) -> str:
     return f"# wrap-up: {rule} within {answer_bytes + 1 + _UTF8_SLACK} tokens"
 
 
+@cache
 def _literal(text: str) -> str:
     """An EBNF string literal (JSON escapes are a subset of GBNF's)."""
     return json.dumps(text, ensure_ascii=False)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -81,11 +81,16 @@ class Step:
         return cls(parse_axtree(data["observation"]), data["thought"], parse_action(data["action"]))
 
 
+# Search asks about the same pages again and again (every child's prompt repeats its
+# ancestors' steps; siblings share a page), so the two views are memoised per tree object
+# (trees are immutable; identity is their hash). The bound keeps a few MB of trees alive.
+@lru_cache(maxsize=2048)
 def format_observation(tree: AXTree, max_chars: int | None) -> str:
     """A page as shown in a prompt: cut from the end to ``max_chars`` (with a marker)."""
     return (tree if max_chars is None else tree.truncate(max_chars=max_chars)).render()
 
 
+@lru_cache(maxsize=2048)
 def step_excerpt(step: Step, max_chars: int) -> str:
     """What a history step shows of its page: the acted-on element's neighbourhood.
 
@@ -190,7 +195,8 @@ def policy_messages(
     """System prompt, the family's few-shot turns, then the question."""
     system = render(f"{family}_system", answer_phrase=ANSWER_PHRASE)
     question = _policy_user(family, inp, style)
-    return (_message("system", system), *_few_shot(family, style), _message("user", question))
+    examples = (dict(turn) for turn in _few_shot(family, style))  # copies of the cached turns
+    return (_message("system", system), *examples, _message("user", question))
 
 
 def world_model_messages(
@@ -274,6 +280,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
+        auto_reload=False,  # templates are package data: no stat() of each file per render
     )
 
 
@@ -286,8 +293,10 @@ def _examples(family: str) -> tuple[dict[str, Any], ...]:
     return tuple(json.loads(path.read_text(encoding="utf-8")))
 
 
-def _few_shot(family: str, style: PromptStyle) -> list[Message]:
-    turns = []
+@cache
+def _few_shot(family: str, style: PromptStyle) -> tuple[Message, ...]:
+    """The few-shot turns (the same for every request of a family and style)."""
+    turns: list[Message] = []
     for example in _examples(family):
         shown = PolicyInput(
             objective=example["objective"],
@@ -297,7 +306,7 @@ def _few_shot(family: str, style: PromptStyle) -> list[Message]:
         answer = format_response(example["thought"], parse_action(example["action"]))
         question = _policy_user(family, shown, style)
         turns += [_message("user", question), _message("assistant", answer)]
-    return turns
+    return tuple(turns)
 
 
 def _policy_user(family: str, inp: PolicyInput, style: PromptStyle) -> str:
