@@ -3,11 +3,18 @@
     python bench/bench_generation.py                       # tiny random model, CPU
     python bench/bench_generation.py --random-7b --batch-sizes 1,8,64   # Qwen2.5-7B shapes, GPU
     python bench/bench_generation.py --model-path Qwen/Qwen2.5-7B-Instruct
+    python bench/bench_generation.py --batch-sizes 32 --shared-prefix-chars 5000
 
 For every batch size B it sends B different chat requests (T=1, seeded) once
 as one ``agenerate`` batch and once one request at a time, in the same run,
 and reports requests/s, generated tokens/s (prefill included) and the speed-up of batching. With
 ``--grammar`` rows (default on) every request carries an action grammar.
+
+``--shared-prefix-chars N`` prepends the same N-character system prompt to
+every request, as MCTS batches do (one system prompt and few-shot turns per
+role). Each batch then runs twice, with LocalBackend's prefix sharing on and
+off, against the same one-by-one baseline, so the gain of sharing is read off
+one run.
 
 On a GPU the one-by-one baseline is what takes time (about 2 s per request
 for a 7B model and 96 tokens): trim ``--batch-sizes`` or pass ``--no-one-by-one``
@@ -64,6 +71,13 @@ def main() -> None:
     parser.add_argument("--max-text-chars", type=int, default=8, help="grammar's field bound")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-one-by-one", action="store_true", help="skip the slow baseline")
+    parser.add_argument(
+        "--shared-prefix-chars",
+        type=int,
+        default=0,
+        help="prepend a common system prompt of this many characters; compare sharing on/off",
+    )
+    parser.add_argument("--no-grammar-rows", action="store_true", help="skip the grammar rows")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.threads:
@@ -72,25 +86,36 @@ def main() -> None:
     backend = _backend(args)
     grammar = action_grammar(IDS, max_text_chars=args.max_text_chars)
     report: dict = {"model": backend.model_path, "device": str(backend.device), "rows": []}
+    shared = _shared_system_prompt(args.shared_prefix_chars)
+    sharing = (True, False) if shared else (backend.share_prefix,)
     print(
-        f"{'grammar':>7} {'B':>3} {'req/s':>8} {'tok/s':>9} {'1x1 req/s':>9} {'1x1 tok/s':>9}"
-        f" {'speed-up':>8}"
+        f"{'grammar':>7} {'B':>3} {'share':>5} {'req/s':>8} {'tok/s':>9} {'1x1 req/s':>9}"
+        f" {'1x1 tok/s':>9} {'speed-up':>8}"
     )
-    for grammar_on in (False, True):
-        _timed(backend, [_requests(2, 4, grammar if grammar_on else None)])  # warm-up, compile
+    for grammar_on in (False,) if args.no_grammar_rows else (False, True):
+        rule = grammar if grammar_on else None
+        _timed(backend, [_requests(2, 4, rule, shared)])  # warm-up, compile
         for size in (int(b) for b in args.batch_sizes.split(",")):
-            requests = _requests(size, args.max_new_tokens, grammar if grammar_on else None)
-            row = {"grammar": grammar_on, "batch_size": size, **_timed(backend, [requests])}
-            if not args.no_one_by_one:
-                alone = _timed(backend, [[r] for r in requests])
-                row |= {f"one_by_one_{k}": v for k, v in alone.items()}
-                row["speedup"] = alone["seconds"] / row["seconds"]
-            report["rows"].append(row)
-            print(
-                f"{'yes' if grammar_on else 'no':>7} {size:>3} {row['requests_per_s']:>8.1f} "
-                f"{row['tokens_per_s']:>9.0f} {row.get('one_by_one_requests_per_s', 0):>9.1f} "
-                f"{row.get('one_by_one_tokens_per_s', 0):>9.0f} {row.get('speedup', 0):>7.2f}x"
-            )
+            requests = _requests(size, args.max_new_tokens, rule, shared)
+            alone = None if args.no_one_by_one else _timed(backend, [[r] for r in requests])
+            for share in sharing:
+                backend.share_prefix = share
+                row = {"grammar": grammar_on, "batch_size": size, "share_prefix": share}
+                row |= _timed(backend, [requests])
+                if alone is not None:
+                    row |= {f"one_by_one_{k}": v for k, v in alone.items()}
+                    row["speedup"] = alone["seconds"] / row["seconds"]
+                report["rows"].append(row)
+                print(
+                    f"{'yes' if grammar_on else 'no':>7} {size:>3} {'on' if share else 'off':>5}"
+                    f" {row['requests_per_s']:>8.1f} {row['tokens_per_s']:>9.0f}"
+                    f" {row.get('one_by_one_requests_per_s', 0):>9.1f}"
+                    f" {row.get('one_by_one_tokens_per_s', 0):>9.0f} {row.get('speedup', 0):>7.2f}x"
+                )
+            if len(sharing) == 2:
+                on, off = report["rows"][-2:]
+                print(f"{'':>11} sharing on / off: {off['seconds'] / on['seconds']:.2f}x faster")
+    backend.share_prefix = True
     if backend.device.type == "cuda":
         report["bandwidth_bound"] = _bandwidth_bound(backend, report["rows"])
     if args.model_path is None and not args.random_7b:
@@ -117,11 +142,24 @@ def _backend(args: argparse.Namespace) -> LocalBackend:
     return LocalBackend.from_model(model.eval(), tokenizer, name="random-qwen2.5-7b")
 
 
-def _requests(size: int, max_new_tokens: int, grammar: str | None) -> list[GenerationRequest]:
+def _shared_system_prompt(chars: int) -> str:
+    """``chars`` characters of agent instructions, the same for every request ("" for none)."""
+    rules = [
+        f"Rule {k}: read the accessibility tree, keep the task in mind, and prefer the element "
+        f"whose label names the goal (ids like [{k * 7 % 500}] are stable within a page). "
+        for k in range(1 + chars // 100)
+    ]
+    return "".join(rules)[:chars]
+
+
+def _requests(
+    size: int, max_new_tokens: int, grammar: str | None, shared: str = ""
+) -> list[GenerationRequest]:
+    system = f"{shared}You are a web agent. Answer with one action."
     return [
         GenerationRequest(
             messages=(
-                {"role": "system", "content": "You are a web agent. Answer with one action."},
+                {"role": "system", "content": system},
                 {"role": "user", "content": f"Task {i}: find the cheapest item. " * (1 + i % 4)},
             ),
             sampling=Sampling(temperature=1.0, seed=i, max_new_tokens=max_new_tokens),
@@ -192,7 +230,7 @@ def _bandwidth_bound(backend: LocalBackend, rows: list[dict]) -> dict:
     embedding = model.get_input_embeddings().weight
     read_per_step = sum(p.nbytes for p in model.parameters()) - embedding.nbytes
     bound = {
-        r["batch_size"]: {
+        f"{r['batch_size']}{'' if r['share_prefix'] else '/no-share'}": {
             "bound_tokens_per_s": r["batch_size"] * bandwidth / read_per_step,
             "measured_tokens_per_s": r["tokens_per_s"],
             "efficiency": r["tokens_per_s"] / (r["batch_size"] * bandwidth / read_per_step),

@@ -10,6 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from websynthesis.models.grammar import action_grammar
 from websynthesis.models.loading import choose_attn_implementation, resolve_model_path
 from websynthesis.models.local import LocalBackend, _SeededSampler
 from websynthesis.models.types import (
@@ -275,3 +276,136 @@ def test_from_model_serves_an_in_memory_model(backend: LocalBackend, tiny_path: 
     assert texts(generate(served, requests)) == texts(generate(backend, requests))
     assert tokenizer.padding_side == "right"
     assert served.cache_identity["model"] == "in-memory"
+
+
+# A system prompt long enough to be shared (well over share_prefix_min_tokens), as MCTS sends.
+SYSTEM = (
+    "You are a web agent. Read the accessibility tree, think briefly, then answer with "
+    "exactly one action such as click [12], type [7] [text], scroll [down] or go_back. "
+) * 4
+
+
+def ask_with_system(text: str, model: str | None = None, **kwargs: object) -> GenerationRequest:
+    request = ask(text, model, **kwargs)  # type: ignore[arg-type]
+    messages = ({"role": "system", "content": SYSTEM}, *request.messages)
+    return GenerationRequest(
+        messages=messages, sampling=request.sampling, model=model, grammar=request.grammar
+    )
+
+
+def without_sharing(
+    backend: LocalBackend, requests: list[GenerationRequest], monkeypatch: pytest.MonkeyPatch
+) -> list[Generation]:
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, "share_prefix", False)
+        return generate(backend, requests)
+
+
+def record_prefills(backend: LocalBackend) -> tuple[list[tuple[int, int]], object]:
+    """Shapes of every forward of the decoder stack (prefills and decode steps)."""
+    shapes: list[tuple[int, int]] = []
+
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        shapes.append(tuple(kwargs["input_ids"].shape))
+
+    inner = backend.model.get_base_model() if hasattr(backend.model, "get_base_model") else None
+    decoder = (inner or backend.model).model
+    return shapes, decoder.register_forward_pre_hook(record, with_kwargs=True)
+
+
+def test_shared_prefix_greedy_equals_unshared(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests = [ask_with_system(p) for p in PROMPTS]  # different lengths after one system prompt
+    shared = texts(generate(backend, requests))
+    assert shared == texts(without_sharing(backend, requests, monkeypatch))
+    assert shared == [texts(generate(backend, [r]))[0] for r in requests]
+    assert len({t[0] for t in shared}) == len(PROMPTS)
+
+
+def test_shared_prefix_with_n_samples_equals_unshared(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    greedy = [ask_with_system(p, n=3) for p in PROMPTS]
+    assert texts(generate(backend, greedy)) == texts(without_sharing(backend, greedy, monkeypatch))
+    seeded = [ask_with_system(p, n=3, temperature=1.0, seed=i) for i, p in enumerate(PROMPTS)]
+    sampled = texts(generate(backend, seeded))
+    assert sampled == texts(without_sharing(backend, seeded, monkeypatch))
+    assert all(len(set(samples)) > 1 for samples in sampled)  # really sampled
+
+
+def test_shared_prefix_with_grammars_equals_unshared(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grammar = action_grammar(["12", "7", "164"], max_text_chars=8)
+    requests = [
+        ask_with_system(p, grammar=grammar if i % 2 == 0 else None, max_new_tokens=24)
+        for i, p in enumerate(PROMPTS)
+    ]
+    shared = texts(generate(backend, requests))
+    assert shared == texts(without_sharing(backend, requests, monkeypatch))
+
+
+def test_shared_prefix_in_a_mixed_adapter_chunk(
+    lora_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = ["policy", None, "world_model", "policy"]
+    requests = [ask_with_system(p, m, n=2) for p, m in zip(PROMPTS, models, strict=True)]
+    shapes, handle = record_prefills(lora_backend)
+    try:
+        shared = texts(generate(lora_backend, requests))
+    finally:
+        handle.remove()
+    assert shared == texts(without_sharing(lora_backend, requests, monkeypatch))
+    assert shared == [texts(generate(lora_backend, [r]))[0] for r in requests]
+    # The prefix ran once per adapter present (policy, base, world_model), then the suffixes.
+    prefills = [shape for shape in shapes if shape[1] > 1]
+    assert [rows for rows, _ in prefills] == [3, 4]
+    assert len(set(shared[0] + shared[1] + shared[2])) > 1  # adapters really differ
+
+
+def test_shared_prefix_is_computed_once_per_chunk(backend: LocalBackend) -> None:
+    requests = [ask_with_system(p, n=2) for p in PROMPTS]
+    prompts = [
+        backend.tokenizer.apply_chat_template(
+            list(r.messages), add_generation_prompt=True, return_dict=False
+        )
+        for r in requests
+    ]
+    common = next(k for k in range(min(map(len, prompts))) if len({p[k] for p in prompts}) > 1)
+    shapes, handle = record_prefills(backend)
+    try:
+        generate(backend, requests)
+    finally:
+        handle.remove()
+    (prefix, suffixes), decode = shapes[:2], shapes[2:]
+    assert prefix == (1, common) and common >= backend.share_prefix_min_tokens
+    longest = max(map(len, prompts))
+    assert suffixes == (len(PROMPTS), longest - common - 1)  # padded suffixes, last token left
+    assert set(decode) == {(2 * len(PROMPTS), 1)}
+    # Prefilled tokens: the prefix once plus padded suffixes, against every prompt in full.
+    assert common + len(PROMPTS) * (longest - common - 1) < sum(len(p) - 1 for p in prompts)
+
+
+def test_short_common_prefixes_are_not_split_off(backend: LocalBackend) -> None:
+    requests = [ask(p) for p in PROMPTS]  # only the chat template's opening is common
+    shapes, handle = record_prefills(backend)
+    try:
+        generate(backend, requests)
+    finally:
+        handle.remove()
+    assert next(shape for shape in shapes if shape[1] > 1)[0] == len(PROMPTS)
+
+
+def test_identical_prompts_need_no_suffix_prefill(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests = [ask_with_system(PROMPTS[1]), ask_with_system(PROMPTS[1], n=2)]
+    shapes, handle = record_prefills(backend)
+    try:
+        shared = texts(generate(backend, requests))
+    finally:
+        handle.remove()
+    assert [shape for shape in shapes if shape[1] > 1] == [(1, shapes[0][1])]  # one prefill
+    assert shared == texts(without_sharing(backend, requests, monkeypatch))
+    assert shared[1] == shared[0] * 2

@@ -22,6 +22,15 @@ How a batch of requests becomes ``generate`` calls:
   ``n`` times per prompt (``DynamicCache.batch_select_indices``) and all
   samples decode together. ``num_return_sequences`` would copy the prompt
   before the prefill and compute it ``n`` times.
+* **One prefill for a shared prefix.** Requests of one role open with the
+  same system prompt and few-shot turns (MCTS: ~75 % of a policy prompt).
+  When a chunk's prompts share at least ``share_prefix_min_tokens`` leading
+  tokens, that prefix is run once (once per adapter in a mixed chunk: KV
+  computed under one adapter is never reused under another), its cache
+  replicated to every row, and only each row's suffix is prefilled after it.
+  The suffixes are left-padded *between* the prefix and the suffix, with
+  zeros in the attention mask there and position ids that count real tokens
+  only, so every row sees exactly the keys, values and positions it would alone.
 * Rows stop at the end-of-turn token(s) (``<|im_end|>`` for Qwen chat models),
   which the returned text excludes; ``finish_reasons`` is ``stop`` or ``length``.
 
@@ -118,6 +127,10 @@ class LocalBackend:
             or an explicit transformers value.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
         max_batch_size: most rows (samples, not requests) per ``generate`` call.
+        share_prefix: prefill a chunk's common prompt prefix once (see the module
+            docstring); off only to compare against, outputs are the same.
+        share_prefix_min_tokens: shortest common prefix worth a separate prefill
+            call; below it the extra call costs more than the tokens it saves.
     """
 
     def __init__(
@@ -128,10 +141,14 @@ class LocalBackend:
         attn_implementation: str = "auto",
         device: str = "auto",
         max_batch_size: int = 64,
+        share_prefix: bool = True,
+        share_prefix_min_tokens: int = 32,
     ) -> None:
         path = resolve_model_path(str(model_path))
         base = load_model(path, dtype=dtype, attn_implementation=attn_implementation, device=device)
         self._setup(path, base, load_tokenizer(path), adapters, max_batch_size)
+        self.share_prefix = share_prefix
+        self.share_prefix_min_tokens = share_prefix_min_tokens
 
     @classmethod
     def from_model(
@@ -142,6 +159,8 @@ class LocalBackend:
         name: str,
         adapters: Mapping[str, str | None] | None = None,
         max_batch_size: int = 64,
+        share_prefix: bool = True,
+        share_prefix_min_tokens: int = 32,
     ) -> LocalBackend:
         """Serve a model already in memory (a benchmark's random one, a training run's).
 
@@ -151,6 +170,8 @@ class LocalBackend:
         """
         backend = cls.__new__(cls)
         backend._setup(name, model, tokenizer, adapters, max_batch_size)
+        backend.share_prefix = share_prefix
+        backend.share_prefix_min_tokens = share_prefix_min_tokens
         return backend
 
     def _setup(
@@ -168,6 +189,9 @@ class LocalBackend:
         self.model_path = model_path
         self.adapters = {name: str(path) for name, path in (adapters or {}).items() if path}
         self.max_batch_size = max_batch_size
+        # Public and mutable: the benchmark flips sharing on and off on one loaded model.
+        self.share_prefix = True
+        self.share_prefix_min_tokens = 32
         self.tokenizer = tokenizer
         self.stop_token_ids = _stop_token_ids(base, self.tokenizer.eos_token_id)
         # Sampling is the request's alone: no top_k / repetition penalty from the checkpoint.
@@ -286,16 +310,24 @@ class LocalBackend:
     def _run(self, chunk: list[_Item]) -> list[Generation]:
         """One prefill and one ``generate`` for the chunk; every sample is a row."""
         sampling = chunk[0].request.sampling
-        prompts = {"input_ids": [item.prompt for item in chunk]}
-        padded = self.tokenizer.pad(prompts, padding_side="left", return_tensors="pt")
-        input_ids = padded["input_ids"].to(self.device)
-        attention_mask = padded["attention_mask"].to(self.device)
+        shared = self._shared_prefix_length(chunk)
+        prefix = torch.tensor([chunk[0].prompt[:shared]], dtype=torch.long, device=self.device)
+        suffixes = {"input_ids": [item.prompt[shared:] for item in chunk]}
+        padded = self.tokenizer.pad(suffixes, padding_side="left", return_tensors="pt")
+        # The padding sits between the prefix and each suffix (none when shared == 0).
+        input_ids = torch.cat(
+            [prefix.expand(len(chunk), -1), padded["input_ids"].to(self.device)], dim=1
+        )
+        attention_mask = torch.cat(
+            [torch.ones_like(input_ids[:, :shared]), padded["attention_mask"].to(self.device)],
+            dim=1,
+        )
         ns = [item.request.sampling.n for item in chunk]
         rows = torch.repeat_interleave(torch.arange(len(chunk)), torch.tensor(ns)).to(self.device)
         row_items = [item for item, n in zip(chunk, ns, strict=True) for _ in range(n)]
         sample_index = [j for n in ns for j in range(n)]
         with self._adapters_for([item.adapter for item in chunk]) as mixed:
-            cache = self._prefill(input_ids[:, :-1], attention_mask[:, :-1], mixed)
+            cache = self._prefill(input_ids[:, :-1], attention_mask[:, :-1], mixed, shared)
             cache.batch_select_indices(rows)
             self.stats.generate_calls += 1
             self.stats.rows += len(row_items)
@@ -313,6 +345,20 @@ class LocalBackend:
                 **({"adapter_names": [mixed[i] for i in rows.tolist()]} if mixed else {}),
             )
         return self._collect(chunk, ns, output[:, input_ids.shape[1] :].tolist())
+
+    def _shared_prefix_length(self, chunk: list[_Item]) -> int:
+        """Tokens every prompt of ``chunk`` opens with, or 0 when too few to be worth a call.
+
+        Each row keeps at least its last token out of the prefix: ``generate``
+        needs one uncached token per row to produce the first new token from.
+        """
+        if not self.share_prefix:
+            return 0
+        prompts = [item.prompt for item in chunk]
+        limit = min(len(p) for p in prompts) - 1
+        columns = enumerate(zip(*prompts, strict=False))  # lengths differ: up to the shortest
+        length = next((k for k, col in columns if k == limit or len(set(col)) > 1), limit)
+        return length if length >= self.share_prefix_min_tokens else 0
 
     @contextlib.contextmanager
     def _adapters_for(self, names: list[str]) -> Iterator[list[str] | None]:
@@ -334,14 +380,58 @@ class LocalBackend:
             yield None
 
     def _prefill(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mixed: list[str] | None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mixed: list[str] | None,
+        shared: int = 0,
     ) -> Cache:
-        """The KV cache of the prompts, with the position ids ``generate`` would use."""
+        """The KV cache of the prompts, with the position ids ``generate`` would use.
+
+        With ``shared > 0`` the first ``shared`` columns (identical in every row,
+        no padding) run once per adapter, their cache is replicated to the
+        rows, and the rest runs on top of it: the same keys and values as one
+        full prefill, without computing the common prefix once per row.
+        """
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if shared == 0:
+            return self._forward(input_ids, attention_mask, position_ids, mixed, None)
+        # One prefix row per adapter present, in order of first appearance.
+        adapters = list(dict.fromkeys(mixed)) if mixed else [None]
+        prefix_rows = len(adapters)
+        cache = self._forward(
+            input_ids[:1, :shared].expand(prefix_rows, -1),
+            attention_mask[:1, :shared].expand(prefix_rows, -1),
+            position_ids[:1, :shared].expand(prefix_rows, -1),
+            adapters if mixed else None,
+            None,
+        )
+        which = [adapters.index(name) for name in mixed] if mixed else [0] * len(input_ids)
+        cache.batch_select_indices(torch.tensor(which, device=input_ids.device))
+        if input_ids.shape[1] == shared:  # every suffix is its last token alone
+            return cache
+        return self._forward(
+            input_ids[:, shared:], attention_mask, position_ids[:, shared:], mixed, cache
+        )
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        mixed: list[str] | None,
+        cache: Cache | None,
+    ) -> Cache:
+        """One prefill forward pass (only the last position's logits); returns its cache.
+
+        ``attention_mask`` covers the cached columns too, so padding between a
+        shared prefix and a suffix stays masked.
+        """
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
+            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
             **({"adapter_names": mixed} if mixed else {}),
