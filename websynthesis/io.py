@@ -105,6 +105,20 @@ def iter_jsonl(text: str, path: Path | str) -> Iterator[tuple[int, Any]]:
             raise DataFileError(path, lineno, None, f"invalid JSON ({err.msg})") from err
 
 
+def list_element_lines(text: str, count: int) -> list[int]:
+    """The line on which each of the first ``count`` elements of the JSON list in ``text``
+    starts, so errors in a ``[{...}, {...}]`` file can name a line, not just an index."""
+    decoder = json.JSONDecoder()
+    lines: list[int] = []
+    position = text.index("[") + 1
+    for _ in range(count):
+        while text[position] in " \t\r\n,":
+            position += 1
+        lines.append(text.count("\n", 0, position) + 1)
+        _, position = decoder.raw_decode(text, position)
+    return lines
+
+
 def read_jsonl(path: Path | str) -> Iterator[tuple[int, Any]]:
     """:func:`iter_jsonl` over a file."""
     return iter_jsonl(read_text(path), path)

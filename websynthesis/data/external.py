@@ -43,7 +43,7 @@ from websynthesis.data.transitions import (
     failer,
     page_field,
 )
-from websynthesis.io import DataFileError, read_text
+from websynthesis.io import DataFileError, list_element_lines, read_text
 
 T = TypeVar("T")
 
@@ -269,10 +269,6 @@ def _document_rows(text: str, document: Any) -> Iterator[_Row]:
     if not isinstance(document, list):
         yield _Row(1 + text.count("\n", 0, len(text) - len(text.lstrip())), "", document)
         return
-    decoder = json.JSONDecoder()
-    position = text.index("[") + 1
+    lines = list_element_lines(text, len(document))
     for index, value in enumerate(document):
-        while text[position] in " \t\r\n,":
-            position += 1
-        yield _Row(text.count("\n", 0, position) + 1, f"[{index}].", value)
-        _, position = decoder.raw_decode(text, position)
+        yield _Row(lines[index], f"[{index}].", value)

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from websynthesis.io import DataFileError, iter_jsonl, read_text
+from websynthesis.io import DataFileError, iter_jsonl, list_element_lines, read_text
 
 DEMO_TASKS = "demo"
 """The name that selects the task set bundled with the package."""
@@ -186,24 +186,11 @@ def _read_json_file(path: Path) -> Iterator[Task]:
     except json.JSONDecodeError as err:
         raise TaskFileError(path, err.lineno, None, f"invalid JSON ({err.msg})") from err
     if isinstance(data, list):
-        starts = _object_start_lines(text, len(data))
+        starts = list_element_lines(text, len(data))
         for index, config in enumerate(data):
             yield task_from_config(config, path=path, line=starts[index])
     else:
         yield task_from_config(data, path=path, line=1)
-
-
-def _object_start_lines(text: str, count: int) -> list[int | None]:
-    """Line on which each top-level element of a JSON list starts (for error messages)."""
-    decoder = json.JSONDecoder()
-    lines: list[int | None] = []
-    pos = text.index("[") + 1
-    for _ in range(count):
-        while text[pos] in " \t\r\n,":
-            pos += 1
-        lines.append(text.count("\n", 0, pos) + 1)
-        _, pos = decoder.raw_decode(text, pos)
-    return lines
 
 
 def _check_unique(tasks: list[Task], path: Path) -> None:
