@@ -43,6 +43,10 @@ def test_every_group_option_composes() -> None:
             "model=qwen2_5_7b",
             "logger=csv",
             "logger=wandb",
+            "world=model",
+            "world=browser",
+            "env=miniwob",
+            "env=webarena",
         ],
         "train": ["curriculum=bc_only", "trainer=cpu", "trainer=gpu"],
         "evaluate": ["env=webarena", "env=miniwob"],
@@ -55,6 +59,13 @@ def test_every_group_option_composes() -> None:
 def test_search_small_extends_default() -> None:
     cfg = compose(config_name="synthesize", overrides=["search=small"])
     assert cfg.search.iterations == 4 and cfg.search.exploration_constant == 0.7
+
+
+def test_synthesize_searches_the_world_model_unless_told_otherwise() -> None:
+    cfg = compose(config_name="synthesize")
+    assert cfg.world.name == "model" and cfg.env.name == "miniwob"
+    cfg = compose(config_name="synthesize", overrides=["world=browser", "world.seeds=[0,1,2]"])
+    assert cfg.world.name == "browser" and cfg.world.seeds == [0, 1, 2]
 
 
 def test_experiment_is_added_with_plus() -> None:
@@ -72,6 +83,10 @@ def test_experiment_is_added_with_plus() -> None:
         ("shard=first", "could not be converted to Integer"),
         ("serach=small", "Could not override 'serach'"),
         ("search=huge", "Could not find 'search/huge'"),
+        ("world=browsr", "Could not find 'world/browsr'"),
+        ("world.seed=3", "Key 'seed' not in 'WorldConfig'"),
+        ("world.seeds=[one]", "could not be converted to Integer"),
+        ("env.pool_sise=2", "Key 'pool_sise' not in 'EnvConfig'"),
     ],
 )
 def test_bad_overrides_fail_at_compose_time(override: str, message: str) -> None:

@@ -106,6 +106,14 @@ def test_policy_few_shots_are_real_turns_whose_answers_validate() -> None:
         assert reply["content"] == format_response(parsed.value.thought, parsed.value.action)
 
 
+def test_policy_few_shots_can_be_left_out_for_a_model_trained_on_the_format() -> None:
+    question = PolicyInput("Find headphones", RESULTS, trajectory(), SITES)
+    with_examples = policy_messages(question)
+    without = policy_messages(question, style=PromptStyle(few_shot=False))
+    assert [m["role"] for m in without] == ["system", "user"]
+    assert without == (with_examples[0], with_examples[-1])
+
+
 def test_policy_question_has_the_task_sites_history_and_page() -> None:
     last = policy_messages(PolicyInput("Find headphones", RESULTS, trajectory(), SITES))[-1]
     content = last["content"]

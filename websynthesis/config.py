@@ -57,6 +57,7 @@ class RoleConfig:
     observation_chars: int | None = 16000
     step_chars: int = 1200
     observed_steps: int | None = None
+    few_shot: bool = True  # the family's worked examples as earlier turns (policy)
     score_low: float = 1.0
     score_high: float = 5.0
 
@@ -254,6 +255,22 @@ class EnvConfig:
 
 
 @dataclass
+class WorldConfig:
+    """What synthesize.py searches on (``conf/world/``).
+
+    ``name``: ``model``, the world model imagining every page from the first page of each
+    task in ``data.tasks`` and the reward model scoring it (WebSynthesis' WebMCTS); or
+    ``browser``, live MiniWoB++ pages in ``env.pool_size`` browsers, made reversible by
+    reset and replay: one tree per instance (a task of ``env.tasks`` under a seed of
+    ``seeds``), scored by the environment's own reward. ``seeds`` are for ``browser`` only:
+    a MiniWoB++ task shows another page and instruction under each seed.
+    """
+
+    name: str = "model"
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
 class _JobConfig:
     task_name: str = MISSING
     seed: int = 0
@@ -271,11 +288,15 @@ class SynthesizeConfig(_JobConfig):
     best path, worst first (the reference kept one). ``prices``: USD per million tokens by
     model name (``{name: {prompt_per_1m, completion_per_1m}}``), for costs and the cost
     budget. ``progress``: a live progress bar. ``sample_trajectories``: rows of the sample
-    table sent to the loggers.
+    table sent to the loggers. ``world`` is what the trees are searched on
+    (:class:`WorldConfig`); ``env`` is the live environment ``world=browser`` drives
+    (unused by ``world=model``).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     shard: int = 0
     num_shards: int = 1
     rollback_per_step: int = 1
@@ -359,11 +380,66 @@ class ServeConfig:
     max_batch_size: int = 64
 
 
+@dataclass
+class ImagineSettings:
+    """WebEvolver's imagined trajectories for failed queries: at most ``max_steps`` steps with
+    the world model as the web server, kept when the judge's verdict reaches ``threshold``."""
+
+    enabled: bool = True
+    max_steps: int = 7
+    threshold: float = 1.0
+
+
+@dataclass
+class StageOverrides:
+    """Hydra overrides of the co-evolution's stage jobs: ``common`` for all of them, ``env``
+    for those in the environment (search, sample, evaluate, imagine), then per stage."""
+
+    common: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    search: list[str] = field(default_factory=list)
+    sample: list[str] = field(default_factory=list)
+    policy: list[str] = field(default_factory=list)
+    world_model: list[str] = field(default_factory=list)
+    fidelity: list[str] = field(default_factory=list)
+    evaluate: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CoevolveConfig:
+    """The co-evolution driver (``python -m websynthesis.coevolve``; conf/coevolve.yaml).
+
+    ``rounds`` after round 0 on ``tasks`` of ``environment`` (an env config); ``train_seeds``
+    are searched and sampled, ``eval_seeds`` (disjoint, checked) only evaluated.
+    ``mcts``: round 0 searches the training instances live (else it is the baseline alone);
+    ``search_trajectories``: the round-0 search's kinds the policy learns from.
+    ``overrides`` are Hydra overrides of the stage jobs (train.py, synthesize.py and
+    evaluate.py configs).
+    """
+
+    task_name: str = "coevolve"
+    seed: int = 0
+    tags: list[str] = field(default_factory=list)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    logger: Any = field(default_factory=dict)
+    rounds: int = 3
+    environment: str = "miniwob"
+    tasks: list[str] = field(default_factory=list)
+    train_seeds: list[int] = field(default_factory=list)
+    eval_seeds: list[int] = field(default_factory=list)
+    baseline: bool = True
+    mcts: bool = True
+    search_trajectories: list[str] = field(default_factory=lambda: ["valuable", "rollback"])
+    imagine: ImagineSettings = field(default_factory=ImagineSettings)
+    overrides: StageOverrides = field(default_factory=StageOverrides)
+
+
 SCHEMAS: dict[str, type] = {
     "synthesize_schema": SynthesizeConfig,
     "train_schema": TrainConfig,
     "evaluate_schema": EvaluateConfig,
     "serve_schema": ServeConfig,
+    "coevolve_schema": CoevolveConfig,
 }
 
 

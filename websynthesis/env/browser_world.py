@@ -2,19 +2,29 @@
 
 MCTS visits states in any order; a browser only moves forward. Every
 :class:`~websynthesis.synthesis.state.WebState` carries its action prefix, so a state is
-reached again by resetting the task with the world's fixed seed and replaying the prefix.
-A browser already standing on the state (the common case: a child expanded right after its
-parent) is reused without replay; the pool prefers such a browser.
+reached again by resetting the task with its seed and replaying the prefix. A browser already
+standing on the state (a child expanded right after its parent, if no other tree took that
+browser meanwhile) is reused without replay; the pool prefers such a browser. With more
+trees in flight than browsers, nearly every step is a replay (``ReplayStats``).
+
+Task instances: a MiniWoB++ task is another page and instruction under each seed, so one
+task searched under several seeds is several trees. Their task ids say the seed
+(``click-test@3``, :func:`instance_id`), and every reset and replay of that id uses it; an
+id without ``@seed`` runs under the world's default ``seed``. The objective of an instance is
+the environment's instruction, known once it is reset (:meth:`LiveBrowserWorld.goal`).
 
 Rewards: the task's own reward (MiniWoB's) is passed through as ``Transition.env_reward``;
 a ``stop`` does not touch the browser and carries the reward of the state it stops on.
 With ``scored=False`` (self-hosted WebArena, scored afterwards by the evaluators) every
 ``env_reward`` is ``None`` and the search asks its reward model.
 
-A replay that fails (browser crash, timeout, an episode that ends early) makes the step a
-``Transition(error=...)``, which the search keeps as a failed leaf. A replayed page that
-differs from the stored one (a page with timers or randomness beyond the seed) is counted in
-:attr:`ReplayStats.mismatches` and the search goes on from the live page.
+A browser that cannot start a task raises :class:`~websynthesis.env.base.EnvError` from
+:meth:`LiveBrowserWorld.reset`: the environment failed, not the task, so it is not
+:class:`~websynthesis.synthesis.world.Unsearchable`. A replay that fails (browser crash,
+timeout, an episode that ends early) makes the step a ``Transition(error=...)``, which the
+search keeps as a failed leaf. A replayed page that differs from the stored one (a page with
+timers or randomness beyond the seed) is counted in :attr:`ReplayStats.mismatches` and the
+search goes on from the live page.
 """
 
 from __future__ import annotations
@@ -30,11 +40,31 @@ from websynthesis.env.base import EnvError, WebEnv
 from websynthesis.env.browsergym_env import make_env
 from websynthesis.env.pool import EnvPool
 from websynthesis.search import Transition
-from websynthesis.synthesis.state import WebState
-from websynthesis.synthesis.world import BrowserWorld, Unsearchable
+from websynthesis.synthesis.state import Goal, WebState
+from websynthesis.synthesis.world import BrowserWorld
 from websynthesis.web.actions import Action, ActionKind
 
 _Position = tuple[str, tuple[Action, ...]]
+_SEED_MARK = "@"
+
+
+def instance_id(task: str, seed: int) -> str:
+    """The task id of ``task`` under ``seed``: ``click-test@3``."""
+    return f"{task}{_SEED_MARK}{seed}"
+
+
+def split_instance(task_id: str, default_seed: int = 0) -> tuple[str, int]:
+    """The environment's task name and the seed of ``task_id`` (``default_seed`` without one)."""
+    task, mark, seed = task_id.rpartition(_SEED_MARK)
+    if mark and task and seed.lstrip("-").isdigit():
+        return task, int(seed)
+    return task_id, default_seed
+
+
+def instances(tasks: Sequence[str], seeds: Sequence[int]) -> list[Task]:
+    """One :class:`Task` per task and seed, task by task. Their intent is empty: the
+    environment gives the instruction at reset (:meth:`LiveBrowserWorld.goal`)."""
+    return [Task(instance_id(task, int(seed)), intent="") for task in tasks for seed in seeds]
 
 
 @dataclass
@@ -57,8 +87,9 @@ class ReplayStats:
 class LiveBrowserWorld(BrowserWorld):
     """Reset-and-replay search over a pool of live environments (see the module docstring).
 
-    ``goals`` maps each reset task id to the environment's goal text: for MiniWoB++ the
-    instruction depends on the seed and is only known once the page is up.
+    ``seed`` runs the task ids that name none (``click-test@3`` names 3). ``goals`` maps each
+    reset task id to the environment's goal text: for MiniWoB++ the instruction depends on
+    the seed and is only known once the page is up.
     """
 
     def __init__(self, pool: EnvPool[Any], *, seed: int = 0, scored: bool = True) -> None:
@@ -80,7 +111,23 @@ class LiveBrowserWorld(BrowserWorld):
         return cls(pool, seed=seed, scored=config.name == "miniwob")
 
     async def reset(self, task: Task) -> WebState:
+        """The first page of ``task`` under its seed; raises ``EnvError`` if no browser starts."""
         return await asyncio.to_thread(self._reset, task.task_id)
+
+    def goal(self, task: Task) -> Goal:
+        """The environment's instruction for ``task`` (after :meth:`reset`).
+
+        No allowed sites: MiniWoB++ pages are ``file://`` pages with nowhere to go. (The
+        policy's grammar then lets ``goto`` name any http(s) URL; the browser cannot reach
+        it, and MiniWoB++ ends the episode with reward 0: a failed leaf, not a crash.)
+        """
+        if task.task_id not in self.goals:
+            raise KeyError(f"{task.task_id!r} has no instruction yet: reset it first")
+        return Goal(task.task_id, self.goals[task.task_id])
+
+    def close(self) -> None:
+        """Stop every browser of the pool (steps still waiting for one get ``RuntimeError``)."""
+        self.pool.close()
 
     async def step(self, state: WebState, action: Action) -> Transition[WebState]:
         if action.kind is ActionKind.STOP:
@@ -91,11 +138,8 @@ class LiveBrowserWorld(BrowserWorld):
 
     def _reset(self, task_id: str) -> WebState:
         with self.pool.lease() as env:
-            try:
-                observation = env.reset(task_id, self.seed)
-            except EnvError as error:
-                self._positions[id(env)] = None
-                raise Unsearchable(f"the browser could not start {task_id!r}: {error}") from error
+            self._positions[id(env)] = None  # unknown until the reset succeeds
+            observation = env.reset(*split_instance(task_id, self.seed))
             self.stats.resets += 1
             self._positions[id(env)] = (task_id, ())
         self.goals[task_id] = observation.goal
@@ -130,7 +174,7 @@ class LiveBrowserWorld(BrowserWorld):
         """Bring ``env`` to ``state``: reset, then the prefix. Returns why it failed, if it did."""
         self.stats.replays += 1
         try:
-            observation = env.reset(state.task_id, self.seed)
+            observation = env.reset(*split_instance(state.task_id, self.seed))
         except EnvError as error:
             return f"replay: reset failed: {error}"
         for index, action in enumerate(state.actions):

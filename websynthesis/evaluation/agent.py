@@ -267,6 +267,7 @@ class Agent:
                 "attempt": spec.attempt,
                 "step": index,
                 "objective": objective,
+                "allowed_sites": list(spec.allowed_sites),
                 "thought": decision.thought,
                 "url": observation.url,
                 "next_url": result.observation.url,

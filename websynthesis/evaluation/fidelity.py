@@ -140,13 +140,23 @@ async def predict(
 def fidelity_report(
     transitions: Sequence[Transition], predictions: Iterable[AXTree | None]
 ) -> dict[str, Any]:
-    """The model's aggregate and the copy baseline's, on the same transitions."""
+    """The model's aggregate and the copy baseline's, on the same transitions, overall and
+    by action kind (``by_action``: which actions the model knows the effect of)."""
     model, baseline = [], []
-    for t, predicted in zip(transitions, predictions, strict=True):
+    kinds: dict[str, list[int]] = {}
+    for index, (t, predicted) in enumerate(zip(transitions, predictions, strict=True)):
         before, after = parse_axtree(t.observation), parse_axtree(t.next_observation)
         model.append(FAILED if predicted is None else score_prediction(predicted, before, after))
         baseline.append(score_prediction(before, before, after))
-    return {"model": aggregate(model), "copy_baseline": aggregate(baseline)}
+        kinds.setdefault(t.action.kind.value, []).append(index)
+    by_action = {
+        kind: {
+            "model": aggregate([model[i] for i in indices]),
+            "copy_baseline": aggregate([baseline[i] for i in indices]),
+        }
+        for kind, indices in sorted(kinds.items())
+    }
+    return {"model": aggregate(model), "copy_baseline": aggregate(baseline), "by_action": by_action}
 
 
 async def evaluate_fidelity(

@@ -325,3 +325,135 @@ class GrammarLogitsProcessor(LogitsProcessor):
             self._finishers[row] = finisher
         else:
             self._finishers[row] = None
+
+
+# --- the world model's change format (appended: see websynthesis/web/tree_delta.py) -------
+
+
+def delta_grammar(
+    ids: Sequence[str] = (),
+    *,
+    root: str | None = None,
+    max_depth: int = 8,
+    max_name_chars: int = 48,
+    max_props: int = 2,
+    max_title_chars: int = 64,
+) -> str:
+    """The world model's answer as a change: a ``<changes>`` block, or a whole ``<a11y>`` page.
+
+    Why both: most actions change a few elements, which a small model writes far more
+    reliably than a whole page; a navigation replaces the page, which is shorter written
+    whole. The page alternative is :func:`a11y_grammar`'s, and element lines (``~`` lines
+    and inserted ones) use its line rules, so they read as strict WebArena lines.
+
+    The header line, if any, comes first (one tab; its title without ``|``). ``~`` lines,
+    ``-`` lines and insertion anchors name ids of the current page (``ids``); ``root``
+    (default: the first id, the page's root in document order) can be changed or inserted
+    into, but not removed or given a sibling. Inserted elements take fresh numbers or page
+    ids (a moved element is removed, then inserted again). A grammar cannot follow the
+    edits, so an answer that parses may still not apply (an id removed twice, an inserted
+    id already on the page), as a constrained page may repeat an id;
+    :func:`websynthesis.web.tree_delta.apply_delta` says which. The wrap-up closes the
+    block (or the page) after any complete line.
+    """
+    known = list(dict.fromkeys(ids))
+    root = known[0] if root is None and known else root
+    inner = [i for i in known if i != root]
+    rules = [
+        "root ::= changes | page",
+        'changes ::= "<changes>" ("\\n" retitle)? ("\\n" edit)* "\\n</changes>"',
+        'finish ::= "\\n</" ("changes>" | "a11y>")',
+        'retitle ::= "header Tab 0 (current): " title',
+        f"title ::= [^\\n\\r|]{{0,{max_title_chars}}}",
+    ]
+    if known:
+        anchors = ['"+ in [" old "]"', *(['"+ after [" inner "]"'] if inner else [])]
+        rules += [
+            "edit ::= change | insert" + (" | remove" if inner else ""),
+            f'change ::= "~ [" old "] " role " " name (" " prop){{0,{max_props}}}',
+            f'insert ::= ({" | ".join(anchors)}) ("\\n" d0)+',
+            "old ::= " + " | ".join(_literal(i) for i in known),
+        ]
+    else:  # nothing on the page to name: only the header can change
+        rules[1] = 'changes ::= "<changes>" ("\\n" retitle)? "\\n</changes>"'
+    if inner:
+        rules += ['remove ::= "- [" inner "]"', "inner ::= " + " | ".join(map(_literal, inner))]
+    page = a11y_grammar(
+        known, max_depth=max_depth, max_name_chars=max_name_chars, max_props=max_props
+    )
+    rules += [
+        re.sub(r"^root ::=", "page ::=", rule)
+        for rule in page.splitlines()
+        if rule and not rule.startswith("#")
+    ]
+    longest_id = max([6, *(len(i.encode()) for i in known)])
+    line = len("[] ") + longest_id + 24 + len(" ''") + max_name_chars + max_props * 44
+    longest_edit = max(
+        len("\nheader Tab 0 (current): ") + max_title_chars,
+        len("\n~ ") + line,
+        len("\n+ after []\n") + longest_id + max_depth + line,
+        len("\n") + max_depth + line,  # a line of the page
+    )
+    reserve = longest_edit + len("\n</changes>")
+    return _wrap_up_line("finish", reserve) + "\n" + "\n".join(rules) + "\n"
+
+
+class BatchGrammarMasks(GrammarLogitsProcessor):
+    """:class:`GrammarLogitsProcessor` for a decode loop that drops finished rows.
+
+    Why: the local backend's own decode loop keeps only unfinished rows in its
+    batch, so the scores it masks are a shrinking subset of the rows this was
+    built for; and it advances and fills every live row's matcher in one xgrammar
+    call (:class:`xgrammar.BatchGrammarMatcher`) instead of one Python call per
+    row. Masks, wrap-ups and errors are exactly the parent's, row for row.
+    """
+
+    def __init__(self, constraints: Sequence[Constraint | None], max_new_tokens: int) -> None:
+        super().__init__(constraints, max_new_tokens)
+        self._filler = xgr.BatchGrammarMatcher()
+
+    def mask(self, scores: torch.Tensor, rows: Sequence[int], last: Sequence[int] | None) -> None:
+        """Mask ``scores`` in place for one decode step.
+
+        Row ``k`` of ``scores`` is row ``rows[k]`` of the constraints; ``last[k]``
+        is the token that row took at the previous step (``None`` at the first).
+        """
+        tokens_left = self._max_new_tokens - self._step
+        self._step += 1
+        matchers = self._matchers
+        live = [
+            (k, row)
+            for k, row in enumerate(rows)
+            if (matcher := matchers[row]) is not None and not matcher.is_terminated()
+        ]
+        if last is not None and live:
+            tokens = [last[k] for k, _ in live]
+            accepted = xgr.BatchGrammarMatcher.batch_accept_token(
+                [matchers[row] for _, row in live], tokens
+            )
+            for (_, row), token, ok in zip(live, tokens, accepted, strict=True):
+                if not ok:
+                    raise RuntimeError(f"row {row}: token {token} was sampled outside its grammar")
+                finisher = self._finishers[row]
+                if finisher is not None and not finisher.accept_token(token):
+                    self._finishers[row] = None
+            live = [(k, row) for k, row in live if not matchers[row].is_terminated()]
+        if not live:
+            return
+        index = [row for _, row in live]
+        self._filler.batch_fill_next_token_bitmask(
+            [matchers[row] for row in index], self._bitmask, indices=index
+        )
+        for row in index:
+            self._wrap_up(row, tokens_left)
+        positions = [k for k, _ in live]
+        if positions == index:  # rows still where they started: the bitmask lines up
+            bitmask = self._bitmask
+        else:
+            bitmask = torch.full(
+                (scores.shape[0], self._bitmask.shape[1]), -1, dtype=self._bitmask.dtype
+            )
+            bitmask[positions] = self._bitmask[index]
+        xgr.apply_token_bitmask_inplace(
+            scores, bitmask.to(scores.device, non_blocking=True), indices=positions
+        )

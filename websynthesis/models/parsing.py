@@ -29,6 +29,13 @@ from websynthesis.web.actions import (
     extract_thought_and_action,
 )
 from websynthesis.web.observation import AXTree, ErrorKind, parse_axtree
+from websynthesis.web.tree_delta import (
+    CHANGES_CLOSE,
+    CHANGES_OPEN,
+    DeltaError,
+    apply_delta,
+    parse_delta,
+)
 
 T = TypeVar("T")
 
@@ -44,6 +51,7 @@ class Failure(StrEnum):
     INVALID_ACTION = "invalid_action"  # well-formed, but the observation refuses it (soft)
     NO_TREE = "no_tree"  # no accessibility-tree element in the text
     MALFORMED_TREE = "malformed_tree"  # a tree with structural errors or cut off (soft)
+    BAD_DELTA = "bad_delta"  # a <changes> block that does not read or apply to the page
     NO_SCORE = "no_score"  # no score found
     SCORE_OUT_OF_RANGE = "score_out_of_range"  # a score outside the scale (never clamped)
     NO_GO_BACK = "no_go_back"  # a reflection that does not end with go_back
@@ -196,6 +204,49 @@ def parse_world_model(text: str) -> Parsed[AXTree]:
         return _fail(text, Failure.MALFORMED_TREE, tree.errors[0].kind, detail, tree)
     if unclosed:
         return _fail(text, Failure.MALFORMED_TREE, UNCLOSED_TAG, "<a11y> is never closed", tree)
+    return Parsed(text, tree)
+
+
+_CHANGES_OPEN = re.compile(re.escape(CHANGES_OPEN), re.IGNORECASE)
+_CHANGES_CLOSE = re.compile(re.escape(CHANGES_CLOSE), re.IGNORECASE)
+
+
+def _blank_line(match: re.Match[str]) -> str:
+    return "\n" if match.group().endswith("\n") else ""
+
+
+def parse_world_model_delta(text: str, current: AXTree) -> Parsed[AXTree]:
+    """Read a predicted change and apply it to ``current``; a whole page is read as such.
+
+    The answer is a ``<changes>`` block (see :mod:`websynthesis.web.tree_delta`; prose and
+    fences around it are ignored, an empty block is the page unchanged) or, for a
+    navigation, a whole page as :func:`parse_world_model` reads it: whichever opens last.
+    A block that does not read, or names ids that ``current`` lacks, is ``bad_delta``
+    with the :class:`~websynthesis.web.tree_delta.DeltaErrorKind` as reason; so is one
+    that never closes (cut off: applying part of a change would guess the rest).
+    """
+    if not text.strip():
+        return _fail(text, Failure.EMPTY)
+    opened = list(_CHANGES_OPEN.finditer(text))
+    pages = list(_A11Y_OPEN.finditer(text))
+    if not opened or (pages and pages[-1].start() > opened[-1].start()):
+        return parse_world_model(text)
+    start = opened[-1].end()
+    closed = _CHANGES_CLOSE.search(text, start)
+    inner = text[start : closed.start()] if closed else text[start:].rstrip()
+    inner = _FENCE_LINE.sub(_blank_line, inner)  # kept as blank lines: line numbers stay
+    block = CHANGES_OPEN + inner + (CHANGES_CLOSE if closed else "")
+    try:
+        tree = apply_delta(current, parse_delta(block))
+    except DeltaError as error:
+        return _fail(text, Failure.BAD_DELTA, error.kind, str(error))
+    if tree.trailer:  # as a page answer reads: nothing after the last line
+        tree = AXTree.from_nodes(
+            tree.nodes, header=tree.header, truncated=tree.truncated, dialect=tree.dialect
+        )
+    if tree.errors:  # the current page had them
+        detail = "; ".join(str(error) for error in tree.errors[:3])
+        return _fail(text, Failure.MALFORMED_TREE, tree.errors[0].kind, detail, tree)
     return Parsed(text, tree)
 
 

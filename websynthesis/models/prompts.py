@@ -49,12 +49,15 @@ class PromptStyle:
     ``observation_chars`` bounds each full page shown (the current one, predicted ones);
     ``step_chars`` bounds the page excerpt of each history step; ``observed_steps`` keeps the
     excerpts of only the latest steps (WebEvolver shows none but the current page), ``None``
-    keeps all. Reasons and actions of every step are always shown.
+    keeps all. Reasons and actions of every step are always shown. ``few_shot`` shows the
+    family's worked examples as earlier turns: a large instructed model needs them, a small
+    model trained on the format does not, and they are most of a short page's prompt.
     """
 
     observation_chars: int | None = 16_000
     step_chars: int = 1_200
     observed_steps: int | None = None
+    few_shot: bool = True
 
 
 DEFAULT_STYLE = PromptStyle()
@@ -297,7 +300,7 @@ def _examples(family: str) -> tuple[dict[str, Any], ...]:
 def _few_shot(family: str, style: PromptStyle) -> tuple[Message, ...]:
     """The few-shot turns (the same for every request of a family and style)."""
     turns: list[Message] = []
-    for example in _examples(family):
+    for example in _examples(family) if style.few_shot else ():
         shown = PolicyInput(
             objective=example["objective"],
             observation=parse_axtree("\n".join(example["observation"])),

@@ -32,6 +32,7 @@ from typing import Any
 from websynthesis.models.grammar import (
     a11y_grammar,
     action_grammar,
+    delta_grammar,
     go_back_grammar,
     judge_grammar,
     score_grammar,
@@ -47,6 +48,7 @@ from websynthesis.models.parsing import (
     parse_reflection,
     parse_reward,
     parse_world_model,
+    parse_world_model_delta,
 )
 from websynthesis.models.prompts import (
     DEFAULT_STYLE,
@@ -159,6 +161,36 @@ def _integer_scale(scale: ScoreScale) -> tuple[int, int]:
     return int(scale.low), int(scale.high)
 
 
+# World-model template families that answer with what changed (a ``<changes>`` block applied
+# to the current page, see websynthesis/web/tree_delta.py) instead of the whole next page.
+# The family picks prompt, grammar and parser together, so one override switches a run:
+# ``model.roles.world_model.template=world_model_delta``. The whole page (WebSynthesis'
+# setting) stays the default.
+DELTA_FAMILIES = frozenset({"world_model_delta"})
+
+
+def answers_with_changes(settings: RoleSettings) -> bool:
+    """Whether a world-model role with these settings answers with a change."""
+    return settings.template in DELTA_FAMILIES
+
+
+def _world_model_parse(text: str, inp: WorldModelInput, s: RoleSettings) -> Parsed[Any]:
+    if answers_with_changes(s):
+        return parse_world_model_delta(text, inp.observation)
+    return parse_world_model(text)
+
+
+def _world_model_grammar(inp: WorldModelInput, s: RoleSettings) -> str:
+    """The page's ids (all of them: a change may name an element the prompt cut off)."""
+    page = inp.observation
+    ids = [node.id for node in page.nodes if node.id is not None]
+    if not answers_with_changes(s):
+        return a11y_grammar(ids)
+    roots = page.roots
+    # "" names no element: a root without an id cannot be named, so nothing is protected.
+    return delta_grammar(ids, root=(roots[0].id or "") if roots else "")
+
+
 KINDS: dict[str, _Kind] = {
     "policy": _Kind(
         PolicyInput,
@@ -169,8 +201,8 @@ KINDS: dict[str, _Kind] = {
     "world_model": _Kind(
         WorldModelInput,
         lambda inp, s: world_model_messages(inp, s.template, s.style),
-        lambda text, inp, s: parse_world_model(text),
-        lambda inp, s: a11y_grammar([n.id for n in inp.observation.nodes if n.id is not None]),
+        _world_model_parse,
+        _world_model_grammar,
     ),
     "reward": _Kind(
         RewardInput,

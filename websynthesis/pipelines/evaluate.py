@@ -114,7 +114,7 @@ def _tasks(cfg: DictConfig) -> dict[str, Task | None]:
     return {name: known[name] for name in names}
 
 
-def _client(cfg: DictConfig) -> ModelClient:
+def model_client(cfg: DictConfig) -> ModelClient:
     """The model client, the policy's temperature overridden by ``eval.temperature``.
 
     Batched (concurrent episodes share waves) but never cached, whatever ``model.cache``
@@ -174,7 +174,7 @@ async def _run_episodes(
     from websynthesis.env.browsergym_env import make_env
     from websynthesis.env.pool import EnvPool
 
-    client = _client(cfg)
+    client = model_client(cfg)
     wmla = cfg.eval.wmla
     planner = None
     if wmla.enabled:
@@ -261,7 +261,7 @@ async def _evaluate_world_model(cfg: DictConfig, out: Path) -> dict[str, Any]:
     transitions, imagined = load_transitions(path, cfg.eval.limit)
     if not transitions:
         raise ValueError(f"{path} holds no real transitions ({imagined} imagined ones skipped)")
-    client = _client(cfg)
+    client = model_client(cfg)
     try:
         report = await evaluate_fidelity(client, transitions, int(cfg.eval.batch))
     finally:

@@ -1,22 +1,40 @@
 """synthesize.py's job: tasks in; searched trees, training trajectories and statistics out.
 
+The trees are searched on one of two worlds (``cfg.world``, ``conf/world/``):
+
+- ``world=model`` (default, the paper's setting): :class:`ModelWorld`, the world model
+  imagining every page from the first page of each task in ``data.tasks``; the reward model
+  scores each step; the transitions written are ``imagined``.
+- ``world=browser``: :class:`~websynthesis.env.browser_world.LiveBrowserWorld`, live
+  MiniWoB++ pages in ``env.pool_size`` browsers, made reversible by reset and replay. One
+  tree per instance, a task of ``env.tasks`` under a seed of ``world.seeds`` (task id
+  ``click-test@3``): a MiniWoB++ task is another page and instruction under each seed. The
+  objective is the environment's instruction for that seed, known after reset; the
+  environment's reward scores each step, so the reward model is never asked; the
+  transitions written are real. As no task file holds that objective, each tree's line of
+  ``trees.jsonl`` keeps it (``goal``). The browsers are stopped when the run ends, however
+  it ends.
+
 1. Open the run dir (:class:`~websynthesis.synthesis.store.RunStore`): repair it after a
    kill, and skip the tasks it already records.
 2. Build the model stack from ``cfg.model``: the backend (Hydra ``_target_``), under a
    response cache (``model.cache``, in ``paths.cache_dir``), under a wave batcher
    (``search.batch``); a :class:`ModelClient` with a :class:`UsageTracker` (``prices``).
-3. Load this shard's tasks (``data.tasks``, ``data.limit``, ``shard``/``num_shards``) and
-   start each from its first page; a task without one is recorded as skipped.
-4. Search them ``search.concurrent_trees`` at a time (:class:`SearchEngine`) with
-   :class:`ModelWorld` and :class:`WebSearchPolicy`. As each tree finishes, extract its
-   examples and append tree + examples to the run dir, then refresh ``stats.json``.
+3. List this shard's tasks (``data.tasks`` and ``data.limit``, or the browser instances;
+   then ``shard``/``num_shards``; checked before any model or browser starts) and start
+   each from its first page, and its goal from the world (:meth:`WebWorld.goal`); a task
+   without a first page is recorded as skipped.
+4. Search them ``search.concurrent_trees`` at a time (:class:`SearchEngine`) with the
+   world and :class:`WebSearchPolicy`. As each tree finishes, extract its examples and
+   append tree + examples to the run dir, then refresh ``stats.json``.
 5. Report: a progress bar while it runs; a summary table, metrics and a table of sample
    trajectories to the configured loggers at the end.
 
 A tree stopped by the run's token or cost budget before its first iteration is not
-recorded: a rerun with a larger budget searches it. A tree whose search raised (a bug) is
-not recorded either; its traceback goes to ``stats.json`` and the job exits with an error
-once the other trees are done.
+recorded: a rerun with a larger budget searches it. A tree whose search raised (a bug), or
+whose browser could not start it (``EnvError``: the environment's failure, not the task's),
+is not recorded either; the error goes to ``stats.json`` and the job exits with an error once
+the other trees are done, so a rerun tries them again.
 """
 
 from __future__ import annotations
@@ -27,15 +45,16 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from websynthesis.data.tasks import Task, load_tasks, shard_tasks
+from websynthesis.env.base import EnvError
 from websynthesis.models.batching import BatchingBackend
 from websynthesis.models.cache import CachedBackend
 from websynthesis.models.roles import ModelClient
@@ -44,6 +63,7 @@ from websynthesis.models.usage import UsageTracker
 from websynthesis.search import SearchEngine, SearchResult, StopReason, TreeTask
 from websynthesis.synthesis import (
     KINDS,
+    BrowserWorld,
     Extractor,
     Goal,
     ModelWorld,
@@ -59,7 +79,13 @@ from websynthesis.synthesis import (
 )
 from websynthesis.synthesis.state import WebState, encode_action
 
+if TYPE_CHECKING:
+    from websynthesis.env.browser_world import LiveBrowserWorld
+
+    SearchWorld = ModelWorld | LiveBrowserWorld
+
 log = logging.getLogger(__name__)
+WORLDS = ("model", "browser")
 
 
 @dataclass(frozen=True)
@@ -87,11 +113,44 @@ def build_backend(cfg: DictConfig, backend: Backend | None = None) -> BackendSta
 
 
 def select_tasks(cfg: DictConfig) -> list[Task]:
-    """The configured tasks, limited, then this job's shard of them."""
-    tasks = load_tasks(cfg.data.tasks)
-    if cfg.data.limit is not None:
-        tasks = tasks[: cfg.data.limit]
+    """This job's shard of the tasks to search: ``data.tasks`` (``data.limit`` of them) for
+    ``world=model``, every (``env.tasks``, ``world.seeds``) instance for ``world=browser``."""
+    if cfg.world.name not in WORLDS:
+        raise ValueError(f"unknown world {cfg.world.name!r}: expected one of {WORLDS}")
+    if cfg.world.name == "browser":
+        tasks = browser_tasks(cfg)
+    else:
+        tasks = load_tasks(cfg.data.tasks)
+        if cfg.data.limit is not None:
+            tasks = tasks[: cfg.data.limit]
     return shard_tasks(tasks, cfg.shard, cfg.num_shards)
+
+
+def browser_tasks(cfg: DictConfig) -> list[Task]:
+    """The instances ``world=browser`` searches, checked before any browser or model starts."""
+    from websynthesis.env import browser_world, miniwob  # BrowserGym: imported only to browse
+
+    if cfg.env.name != "miniwob":
+        raise ValueError(
+            f"world=browser searches MiniWoB++ tasks (env=miniwob), not env={cfg.env.name}"
+        )
+    names = list(dict.fromkeys(str(name) for name in cfg.env.tasks))
+    seeds = list(dict.fromkeys(int(seed) for seed in cfg.world.seeds))
+    if not names or not seeds:
+        raise ValueError("world=browser needs env.tasks=[...] and world.seeds=[...]")
+    for name in names:
+        miniwob.task_class(name)  # raises on an unknown task
+    return browser_world.instances(names, seeds)
+
+
+def build_world(cfg: DictConfig, client: ModelClient) -> SearchWorld:
+    """The world of ``cfg.world``: the world model, or ``env.pool_size`` live browsers (which
+    start on their first reset)."""
+    if cfg.world.name == "browser":
+        from websynthesis.env.browser_world import LiveBrowserWorld
+
+        return LiveBrowserWorld.from_config(OmegaConf.to_object(cfg.env))
+    return ModelWorld(client, accept_malformed=cfg.search.accept_malformed_pages)
 
 
 def run(cfg: DictConfig, backend: Backend | None = None) -> dict[str, Any]:
@@ -127,7 +186,7 @@ class Synthesis:
     def __init__(self, cfg: DictConfig, store: RunStore, backend: Backend | None) -> None:
         self.cfg = cfg
         self.tasks = select_tasks(cfg)  # a bad task file fails before any model is loaded
-        self.goals = {task.task_id: Goal.from_task(task) for task in self.tasks}
+        self.goals: dict[str, Goal] = {}  # the world's, once a task is started
         self.store = store
         self.records = store.open()
         previous = store.read_stats() or {}
@@ -141,7 +200,7 @@ class Synthesis:
         self.client = ModelClient.from_config(
             cfg.model, backend=self.stack.backend, usage=self.usage
         )
-        self.world = ModelWorld(self.client, accept_malformed=cfg.search.accept_malformed_pages)
+        self.world = build_world(cfg, self.client)
         self.policy = WebSearchPolicy(self.client)
         self.extractor = Extractor(
             self.client, imagined=self.world.imagined, rollback_per_step=cfg.rollback_per_step
@@ -152,8 +211,8 @@ class Synthesis:
         }
 
     async def run(self) -> dict[str, Any]:
-        loggers = _loggers(self.cfg)
         try:
+            loggers = _loggers(self.cfg)
             roots = await self._roots()
             display = ProgressDisplay(
                 len(self.tasks), len(self.records), self._usage_now, enabled=self.cfg.progress
@@ -170,7 +229,10 @@ class Synthesis:
             with display:
                 await engine.arun(roots)
         finally:
-            self.client.close()
+            try:
+                self.client.close()
+            finally:
+                self.world.close()  # the browsers, on success and on error alike
         stats = self._write_stats()
         self._report(stats, loggers)
         if self.unstarted:
@@ -188,18 +250,27 @@ class Synthesis:
         return stats
 
     async def _roots(self) -> list[TreeTask[WebState]]:
-        """First states of the tasks still to do; tasks without one are recorded as skipped."""
+        """First states of the tasks still to do (started together: browsers reset in
+        parallel), in task order. A task without one is recorded as skipped; one whose browser
+        failed is an error, not recorded."""
         done = {record["task_id"] for record in self.records}
+        todo = [task for task in self.tasks if task.task_id not in done]
+        starts = await asyncio.gather(
+            *(self.world.reset(task) for task in todo), return_exceptions=True
+        )
         roots = []
-        for task in self.tasks:
-            if task.task_id in done:
+        for task, start in zip(todo, starts, strict=True):
+            if isinstance(start, Unsearchable):
+                self._record(task.task_id, None, {"skipped": str(start)}, skipped=str(start))
                 continue
-            try:
-                state = await self.world.reset(task)
-            except Unsearchable as why:
-                self._record(task.task_id, None, {"skipped": str(why)}, skipped=str(why))
+            if isinstance(start, EnvError):
+                log.error("the browser could not start task %s: %s", task.task_id, start)
+                self.errors.append({"task_id": task.task_id, "error": f"reset: {start}"[-4000:]})
                 continue
-            roots.append(TreeTask(task.task_id, state, self.goals[task.task_id]))
+            if isinstance(start, BaseException):
+                raise start
+            self.goals[task.task_id] = self.world.goal(task)
+            roots.append(TreeTask(task.task_id, start, self.goals[task.task_id]))
         shard = f"{self.cfg.shard}/{self.cfg.num_shards}"
         log.info(
             "%d tasks in shard %s: %d done before, %d to search",
@@ -215,9 +286,14 @@ class Synthesis:
         if result.stop_reason is StopReason.BUDGET and result.iterations == 0:
             self.unstarted += 1
             return
-        extracted = await self.extractor.extract(result, self.goals[task_id])
+        goal = self.goals[task_id]
+        extracted = await self.extractor.extract(result, goal)
         tree = result.to_dict(lambda state: state.to_json(), encode_action)
-        self._record(task_id, tree, task_summary(result, extracted), examples=extracted.rows())
+        summary = task_summary(result, extracted)
+        # A live site's objective (MiniWoB's instruction for the seed) is in no task file:
+        # the record keeps it, for readers of the tree. A task file's is left there.
+        kept = goal if isinstance(self.world, BrowserWorld) else None
+        self._record(task_id, tree, summary, examples=extracted.rows(), goal=kept)
         self._write_stats()
 
     def _record(
@@ -228,9 +304,12 @@ class Synthesis:
         *,
         examples: dict[str, list[dict[str, Any]]] | None = None,
         skipped: str | None = None,
+        goal: Goal | None = None,
     ) -> None:
-        record = {
-            "task_id": task_id,
+        record: dict[str, Any] = {"task_id": task_id}
+        if goal is not None:
+            record["goal"] = {"objective": goal.objective, "allowed_sites": [*goal.allowed_sites]}
+        record |= {
             "skipped": skipped,
             "summary": summary,
             "tree": tree,

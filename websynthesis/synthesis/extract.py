@@ -17,8 +17,9 @@ reads as they are.
   produced these (D1). Siblings whose page the world could not simulate, whose score is
   unknown or that stopped are skipped: there is no page to go back from.
 - **transitions**: every (page, action) -> next page the world wrote in the tree, as a
-  world-model example, flagged ``imagined`` when a world model predicted it; its ``meta``
-  also holds the whole page and the earlier actions, so
+  world-model example in the world-model family's answer form (the whole page, or what
+  changed), flagged ``imagined`` when a world model predicted it; its ``meta`` also holds
+  both whole pages and the earlier actions, so
   :func:`websynthesis.data.transitions.read_transitions` reads the file as transitions.
 
 Targets are checked before they are kept: a policy target must read back through the
@@ -34,8 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from websynthesis.data.chat import ChatExample
+from websynthesis.data.world_model_data import role_target
 from websynthesis.models.prompts import PolicyInput, ReflectionInput, Step, WorldModelInput
-from websynthesis.models.roles import ModelClient
+from websynthesis.models.roles import ModelClient, Role
 from websynthesis.search import SearchResult, TerminalKind
 from websynthesis.synthesis.policy import POLICY, check_visible, failure_label, visible_page
 from websynthesis.synthesis.state import Goal, WebNode, WebState, history
@@ -115,20 +117,8 @@ class Extractor:
         action: Action,
         meta: dict[str, Any],
     ) -> ChatExample | str:
-        """The policy prompt for ``page`` after ``steps`` with its checked target, or why not."""
-        role = self.client.role(POLICY)
         question = PolicyInput(goal.objective, page, steps, goal.allowed_sites)
-        target = format_response(thought, action)
-        parsed = role.parse(target, question)
-        if not parsed.ok or parsed.value is None:
-            return failure_label(parsed)
-        if not equivalent(parsed.value.action, action):
-            return "target_reads_back_differently"
-        hidden = check_visible(action, visible_page(role, page))
-        if hidden is not None:
-            return hidden.split(":", 1)[0]
-        messages = (*role.messages(question), {"role": "assistant", "content": target})
-        return ChatExample(messages=messages, meta=meta)
+        return policy_example(self.client.role(POLICY), question, thought, action, meta)
 
     # --- rollback ------------------------------------------------------------------------
 
@@ -198,7 +188,7 @@ class Extractor:
         action = _action(node)
         role = self.client.role(WORLD_MODEL)
         question = WorldModelInput(parent.state.observation, action, parent.state.actions)
-        target = f"<a11y>\n{node.state.observation.render()}\n</a11y>"
+        target = role_target(role, parent.state.observation, node.state.observation)
         parsed = role.parse(target, question)
         if not parsed.ok:
             return failure_label(parsed)
@@ -209,6 +199,7 @@ class Extractor:
         meta = self._meta("transition", goal, node) | {
             "parent": parent.id,
             "observation": parent.state.observation.render(),  # whole: the prompt may cut it
+            "next_observation": node.state.observation.render(),  # the target may be a change
             "history": [earlier.to_string() for earlier in parent.state.actions],
         }
         return ChatExample(messages=messages, meta=meta)
@@ -234,6 +225,28 @@ class Extractor:
             getattr(out, kind).append(example)
         else:
             out.dropped[f"{kind}/{example}"] += 1
+
+
+def policy_example(
+    role: Role, question: PolicyInput, thought: str, action: Action, meta: dict[str, Any]
+) -> ChatExample | str:
+    """The policy prompt for ``question`` with its checked target, or why there is none.
+
+    The target (``format_response(thought, action)``) must read back through the policy's own
+    parser to an equivalent action that is valid on the page as the prompt shows it: what fails
+    is a label to count (``kind/reason``), never a training example.
+    """
+    target = format_response(thought, action)
+    parsed = role.parse(target, question)
+    if not parsed.ok or parsed.value is None:
+        return failure_label(parsed)
+    if not equivalent(parsed.value.action, action):
+        return "target_reads_back_differently"
+    hidden = check_visible(action, visible_page(role, question.observation))
+    if hidden is not None:
+        return hidden.split(":", 1)[0]
+    messages = (*role.messages(question), {"role": "assistant", "content": target})
+    return ChatExample(messages=messages, meta=meta)
 
 
 def _unusable(sibling: WebNode) -> str | None:

@@ -25,7 +25,7 @@ from websynthesis.models.parsing import Failure
 from websynthesis.models.prompts import WorldModelInput
 from websynthesis.models.roles import ModelClient
 from websynthesis.search import Transition
-from websynthesis.synthesis.state import WebState
+from websynthesis.synthesis.state import Goal, WebState
 from websynthesis.web.actions import Action, ActionKind
 from websynthesis.web.observation import parse_axtree
 
@@ -49,6 +49,17 @@ class WebWorld(ABC):
     async def step(self, state: WebState, action: Action) -> Transition[WebState]:
         """The state ``action`` leads to from ``state`` (a stop included; see ``World.step``)."""
 
+    def goal(self, task: Task) -> Goal:
+        """What the roles are told about ``task``, asked after :meth:`reset` started it.
+
+        By default the task file's intent and sites (:meth:`Goal.from_task`); a live site whose
+        instruction is only known once the page is up (MiniWoB++) overrides it.
+        """
+        return Goal.from_task(task)
+
+    def close(self) -> None:  # noqa: B027 (optional hook: most worlds hold nothing)
+        """Release what the world holds (browsers); nothing for a world model."""
+
 
 class BrowserWorld(WebWorld):
     """A live site made reversible by reset and replay, for the same search code.
@@ -57,8 +68,10 @@ class BrowserWorld(WebWorld):
     carries its action prefix (:attr:`WebState.actions`, from :meth:`reset`'s first page).
     To implement, subclass and define:
 
-    - :meth:`reset`: start an episode of ``task`` (fixed seed) and return
-      ``WebState(task.task_id, first_page)``; raise :class:`Unsearchable` if it cannot start.
+    - :meth:`reset`: start an episode of ``task`` (under the task's fixed seed) and return
+      ``WebState(task.task_id, first_page)``; raise :class:`Unsearchable` if the task has no
+      first page. A browser that fails is not the task's fault: let that error propagate
+      (synthesize.py then leaves the task unrecorded, so a rerun tries it again).
     - :meth:`step`: reach ``state`` (reset, then replay ``state.actions``, or reuse a browser
       already there) and execute ``action``. Return ``Transition(state.after(action, page),
       env_reward=r, terminal=done)`` with the task's reward ``r`` in [0, 1] (``None`` if the
@@ -69,7 +82,8 @@ class BrowserWorld(WebWorld):
       ``state.after(action)`` with the task's reward for the answer.
 
     Calls come from many trees at once on one event loop: run blocking browser work in
-    worker threads (``asyncio.to_thread``) over a pool of browsers.
+    worker threads (``asyncio.to_thread``) over a pool of browsers, and stop the browsers in
+    :meth:`close`. Override :meth:`goal` when the site, not the task file, says what to do.
     """
 
     imagined = False

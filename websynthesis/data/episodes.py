@@ -1,0 +1,127 @@
+"""Policy training examples from live episodes: what WebEvolver's agent learns from itself.
+
+evaluate.py writes, in its run dir, ``episodes.jsonl`` (one line per episode: success, the
+actions it took) and ``transitions.jsonl`` (one line per executed step: the page, the policy's
+thought and action, the objective, the earlier actions). An *accepted* episode (success: the
+environment's reward, or WebArena's evaluators) becomes one example per executed step: the
+policy's prompt for that page after the earlier steps, and its own answer as the target, in
+exactly the prompt format the agent is asked at inference
+(:func:`~websynthesis.synthesis.extract.policy_example` checks each target reads back).
+
+A rerun of an interrupted or failed-by-the-environment episode appends its steps again, so
+an episode's steps are its *last run* of rows (a run restarts where the step index stops
+increasing); they must agree with the actions ``episodes.jsonl`` lists for it, else the
+episode is left out and counted (``dropped/steps_disagree``). Rows of an episode are never
+mixed across runs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from websynthesis.data.chat import ChatExample
+from websynthesis.data.transitions import action_field, failer, page_field
+from websynthesis.evaluation.records import read_records
+from websynthesis.models.prompts import PolicyInput, Step
+from websynthesis.models.roles import Role
+from websynthesis.synthesis.extract import policy_example
+from websynthesis.web.observation import parse_axtree
+
+EpisodeKey = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class LiveEpisode:
+    """One finished episode of a run dir: its line in episodes.jsonl and its step rows."""
+
+    record: dict[str, Any]
+    steps: tuple[dict[str, Any], ...]
+
+    @property
+    def key(self) -> EpisodeKey:
+        return (str(self.record["task"]), int(self.record["seed"]), int(self.record["attempt"]))
+
+    @property
+    def accepted(self) -> bool:
+        """Scored a success (MiniWoB++'s reward, or WebArena's evaluators)."""
+        return self.record.get("success") is True
+
+
+def read_episodes(run_dir: Path | str) -> list[LiveEpisode]:
+    """Every episode of an evaluate.py run dir that ended without an environment error."""
+    from websynthesis.pipelines.evaluate import latest_episodes
+
+    run_dir = Path(run_dir)
+    runs: dict[EpisodeKey, list[list[dict[str, Any]]]] = defaultdict(list)
+    for row in read_records(run_dir / "transitions.jsonl"):
+        try:
+            key = (str(row["task_id"]), int(row["seed"]), int(row["attempt"]))
+            index = int(row["step"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        episode_runs = runs[key]
+        if not episode_runs or index <= int(episode_runs[-1][-1]["step"]):
+            episode_runs.append([])
+        episode_runs[-1].append(row)
+    episodes = []
+    for key, record in latest_episodes(run_dir / "episodes.jsonl").items():
+        if record.get("error") is not None:
+            continue
+        steps = runs[key][-1] if runs.get(key) else []
+        episodes.append(LiveEpisode(record, tuple(steps)))
+    return episodes
+
+
+def episode_examples(
+    episodes: Iterable[LiveEpisode], role: Role, *, counts: Counter[str], source: str = ""
+) -> list[ChatExample]:
+    """One policy example per step of every accepted episode (see the module docstring)."""
+    examples: list[ChatExample] = []
+    for episode in episodes:
+        if not episode.accepted:
+            counts["rejected"] += 1
+            continue
+        executed = [a for a in episode.record.get("actions") or [] if not a.startswith("<")]
+        if [row.get("action") for row in episode.steps] != executed or not executed:
+            counts["dropped/steps_disagree"] += 1
+            continue
+        built = _examples(episode, role, source)
+        bad = [why for why in built if isinstance(why, str)]
+        if bad:
+            counts[f"dropped/{bad[0]}"] += 1
+            continue
+        counts["accepted"] += 1
+        examples += [example for example in built if isinstance(example, ChatExample)]
+    counts["examples"] += len(examples)
+    return examples
+
+
+def _examples(episode: LiveEpisode, role: Role, source: str) -> list[ChatExample | str]:
+    task, seed, attempt = episode.key
+    history: tuple[Step, ...] = ()
+    built: list[ChatExample | str] = []
+    for row in episode.steps:
+        fail = failer(source or "transitions.jsonl", None, f"{task}/{seed}/{attempt}.")
+        page = parse_axtree(page_field(row, "observation", fail))
+        action = action_field(row.get("action"), "action", fail)
+        thought = str(row.get("thought") or "")
+        sites = tuple(str(site) for site in row.get("allowed_sites") or ())
+        question = PolicyInput(str(row.get("objective") or ""), page, history, sites)
+        meta = {
+            "kind": "live",
+            "task_id": task,
+            "seed": seed,
+            "attempt": attempt,
+            "step": int(row["step"]),
+            "action": action.to_string(),
+            "reward": episode.record.get("reward"),
+            "imagined": False,
+            "source": source,
+        }
+        built.append(policy_example(role, question, thought, action, meta))
+        history = (*history, Step(page, thought, action))
+    return built

@@ -1,0 +1,1 @@
+"""WebEvolver's self-improvement: imagined trajectories for the co-evolution rounds."""
