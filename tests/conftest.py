@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SESSION_CACHE = Path(tempfile.mkdtemp(prefix="websynthesis-tests-"))
@@ -55,6 +57,29 @@ def tiny_model_path() -> Path:
     from websynthesis.models.tiny import build_tiny_model
 
     return build_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config(tiny_model_path: Path) -> Callable[..., DictConfig]:
+    """``model=tiny`` as a run composes it (its roles, grammars and budgets), on the CPU,
+    with the given overrides: ``tiny_model_config("model.roles.judge.max_new_tokens=24")``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from websynthesis.config import register_configs
+
+    def compose_model(*overrides: str) -> DictConfig:
+        base = ["model=tiny", "logger=none", f"paths.cache_dir={tiny_model_path.parents[1]}"]
+        register_configs()
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+            cfg = compose(
+                config_name="synthesize", overrides=[*base, "model.backend.device=cpu", *overrides]
+            )
+        GlobalHydra.instance().clear()
+        return cfg.model
+
+    return compose_model
 
 
 def _shared_corpus() -> Path:

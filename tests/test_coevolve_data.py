@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from websynthesis.config import CoevolveConfig, register_configs
 from websynthesis.data.chat import ChatExample
@@ -163,23 +163,14 @@ def test_the_coevolve_config_composes_with_its_schema() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_path: Path) -> Iterator[ModelClient]:
-    overrides = [
-        "model=tiny",
-        "logger=none",
-        f"paths.cache_dir={tiny_model_path.parents[1]}",
-        "model.backend.device=cpu",
+def tiny(tiny_model_config: Callable[..., DictConfig]) -> Iterator[ModelClient]:
+    model = tiny_model_config(
         "model.roles.world_model.template=world_model_delta",
         "model.roles.world_model.max_new_tokens=160",
         "model.roles.policy.max_new_tokens=64",
         "model.roles.judge.max_new_tokens=24",
-    ]
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="synthesize", overrides=overrides)
-    GlobalHydra.instance().clear()
-    client = ModelClient.from_config(cfg.model)
+    )
+    client = ModelClient.from_config(model)
     yield client
     client.close()
 

@@ -12,10 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
 
-from websynthesis.config import register_configs
 from websynthesis.models import roles as roles_module
 from websynthesis.models.parsing import Failure, Parsed, ScoreScale
 from websynthesis.models.prompts import (
@@ -319,13 +317,9 @@ def test_stats_serialise_and_merge_and_usage_is_recorded() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_path: Path) -> Iterator[ModelClient]:
+def tiny(tiny_model_config: Callable[..., DictConfig]) -> Iterator[ModelClient]:
     """``model=tiny`` from the real config, with budgets small enough for a CPU test."""
-    overrides = [
-        "model=tiny",
-        "logger=none",
-        f"paths.cache_dir={tiny_model_path.parents[1]}",
-        "model.backend.device=cpu",
+    model = tiny_model_config(
         "model.roles.policy.n=2",
         "model.roles.world_model.max_new_tokens=24",
         "model.roles.world_model.max_retries=1",
@@ -333,13 +327,8 @@ def tiny(tiny_model_path: Path) -> Iterator[ModelClient]:
         "model.roles.reward.max_retries=1",
         "model.roles.judge.max_new_tokens=24",
         "model.roles.reflection.max_new_tokens=24",
-    ]
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="synthesize", overrides=overrides)
-    GlobalHydra.instance().clear()
-    client = ModelClient.from_config(cfg.model)
+    )
+    client = ModelClient.from_config(model)
     yield client
     client.close()
 

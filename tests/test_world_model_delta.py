@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import xgrammar as xgr
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
 
-from websynthesis.config import register_configs
 from websynthesis.data.transitions import Transition
 from websynthesis.data.world_model_data import change_target, target_text, world_model_examples
 from websynthesis.evaluation.fidelity import evaluate_fidelity
@@ -248,23 +246,16 @@ def test_random_model_answers_always_read(backend: LocalBackend) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_path: Path, backend: LocalBackend) -> Iterator[ModelClient]:
+def tiny(
+    tiny_model_config: Callable[..., DictConfig], backend: LocalBackend
+) -> Iterator[ModelClient]:
     """``model=tiny`` (its world-model budget, grammar on) with the changes family chosen by
     one override, as a run would."""
-    overrides = [
-        "model=tiny",
-        "logger=none",
-        f"paths.cache_dir={tiny_model_path.parents[1]}",
-        "model.backend.device=cpu",
+    model = tiny_model_config(
         "model.roles.world_model.template=world_model_delta",
         "model.roles.world_model.max_retries=2",
-    ]
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="synthesize", overrides=overrides)
-    GlobalHydra.instance().clear()
-    client = ModelClient.from_config(cfg.model, backend=backend)
+    )
+    client = ModelClient.from_config(model, backend=backend)
     yield client
 
 
