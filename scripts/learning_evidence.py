@@ -5,7 +5,8 @@
 
 It runs the co-evolution driver with ``+evidence=<profile>`` (conf/evidence/) in
 ``outputs/evidence/<profile>/`` (run it again to resume a killed run), then writes the
-report (checks, tables, PNG plots) with :mod:`websynthesis.evolution.report`. The exit code
+report (checks, tables, PNG plots) with :mod:`websynthesis.evolution.report`, followed by
+``<report>_notes.md`` when there is one (the hand-written reading of the numbers). The exit code
 is 1 when ``--strict`` is given and a check fails.
 """
 
@@ -77,7 +78,9 @@ def main() -> int:
         machine=_machine(),
         plots=plots,
     )
-    atomic_write_text(report_path, f"{TITLE}\n\n{INTRO}\n{body}")
+    notes = report_path.with_name(f"{stem}_notes.md")  # hand-written reading, kept apart
+    tail = f"\n{notes.read_text(encoding='utf-8')}" if notes.is_file() else ""
+    atomic_write_text(report_path, f"{TITLE}\n\n{INTRO}\n{body}{tail}")
     failed = [check for check in report.checks(metrics) if not check.passed]
     for check in report.checks(metrics):
         print(f"[{'ok' if check.passed else 'FAIL'}] {check.name}: {check.detail}")
