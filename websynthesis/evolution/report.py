@@ -203,31 +203,26 @@ def _success_table(metrics: dict[str, Any]) -> str:
 
 
 def _fidelity_table(metrics: dict[str, Any]) -> str:
-    rows = ["| round | transitions | change F1 (model / copy) | page F1 (model / copy) |"]
-    rows.append("| --- | --- | --- | --- |")
-    for index, row in rounds(metrics):
-        f = row.get("fidelity")
-        if not f:
-            continue
-        m, c = f["model"], f["copy_baseline"]
-        rows.append(
-            f"| {index} | {f.get('transitions') or '–'} | {m['change_f1']:.3f} / "
-            f"{c['change_f1']:.3f} | {m['f1_id']:.3f} / {c['f1_id']:.3f} |"
-        )
-    return "\n".join(rows)
+    scored = [
+        (str(index), row["fidelity"]) for index, row in rounds(metrics) if row.get("fidelity")
+    ]
+    return _f1_table("round", scored)
 
 
 def _by_action_table(metrics: dict[str, Any]) -> str:
-    fidelity = _last_fidelity(metrics) or {}
-    kinds = fidelity.get("by_action") or {}
-    if not kinds:
-        return ""
-    rows = ["| action | transitions | change F1 (model / copy) | page F1 (model / copy) |"]
+    kinds = (_last_fidelity(metrics) or {}).get("by_action") or {}
+    return _f1_table("action", list(kinds.items())) if kinds else ""
+
+
+def _f1_table(what: str, scored: list[tuple[str, dict[str, Any]]]) -> str:
+    """One row per (label, fidelity report): change and page F1, model next to copying."""
+    rows = [f"| {what} | transitions | change F1 (model / copy) | page F1 (model / copy) |"]
     rows.append("| --- | --- | --- | --- |")
-    for kind, scores in kinds.items():
-        m, c = scores["model"], scores["copy_baseline"]
+    for label, f in scored:
+        m, c = f["model"], f["copy_baseline"]
+        count = f.get("transitions") or m.get("transitions") or "–"
         rows.append(
-            f"| {kind} | {m['transitions']} | {m['change_f1']:.3f} / {c['change_f1']:.3f} | "
+            f"| {label} | {count} | {m['change_f1']:.3f} / {c['change_f1']:.3f} | "
             f"{m['f1_id']:.3f} / {c['f1_id']:.3f} |"
         )
     return "\n".join(rows)
