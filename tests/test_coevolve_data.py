@@ -146,6 +146,29 @@ def test_training_and_held_out_seeds_must_not_meet() -> None:
         CoEvolution(coevolve_cfg(eval_seeds=[]))
 
 
+def test_a_round_without_accepted_trajectories_keeps_the_last_policy(tmp_path: Path) -> None:
+    """A search that solved nothing gives no policy data: the round trains nothing, says why
+    in its metrics, and later stages use the newest adapter there is."""
+    cfg = coevolve_cfg(paths={"output_dir": str(tmp_path)}, logger={})
+    run = CoEvolution(cfg)
+    found = tmp_path / "round_0/search/trajectories"
+    found.mkdir(parents=True)
+    for kind in cfg.search_trajectories:
+        (found / f"{kind}.jsonl").write_text("", encoding="utf-8")
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        run._policy(0, run.dir(0, "policy"))
+    GlobalHydra.instance().clear()
+    assert not (tmp_path / "round_0/policy/adapter").exists()
+    row = run._round_metrics(0)
+    assert row["policy_data"]["examples"] == 0 and row["policy_data"]["search/valuable"] == 0
+    assert row["policy_skipped"] == {"skipped": "no accepted trajectories", "kept_adapter": None}
+    assert run._model_overrides(1)[0] == "model.adapters.policy=null"
+    (tmp_path / "round_0/policy/adapter").mkdir()  # an earlier round's training
+    assert run._model_overrides(1)[0] == f"model.adapters.policy={tmp_path}/round_0/policy/adapter"
+
+
 def test_the_coevolve_config_composes_with_its_schema() -> None:
     register_configs()
     GlobalHydra.instance().clear()

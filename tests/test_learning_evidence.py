@@ -39,7 +39,7 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
     done = json.loads((out / "state.json").read_text())["done"]
     assert done == [f"round_0/{s}" for s in ROUND_ZERO] + [f"round_1/{s}" for s in ROUND_ONE]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["train_seeds"] == [0, 1] and metrics["eval_seeds"] == [1000, 1001]
+    assert metrics["train_seeds"] == [0, 1, 2] and metrics["eval_seeds"] == [1000, 1001]
     zero, one = metrics["rounds"]["0"], metrics["rounds"]["1"]
     for row in (zero, one):
         assert 0.0 <= row["success_rate"] <= 1.0
@@ -51,15 +51,18 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
 
     # Held-out seeds are never searched, sampled or trained on.
     searched = {json.loads(line)["task_id"] for line in (out / "round_0/search/trees.jsonl").open()}
-    assert {task.rsplit("@", 1)[1] for task in searched} == {"0", "1"}
+    assert {task.rsplit("@", 1)[1] for task in searched} == {"0", "1", "2"}
     for stage in ("round_1/sample",):
         seeds = {json.loads(line)["seed"] for line in (out / stage / "episodes.jsonl").open()}
-        assert seeds == {0, 1}
+        assert seeds == {0, 1, 2}
     for stage in ("round_0/baseline", "round_0/evaluate", "round_1/evaluate"):
         seeds = {json.loads(line)["seed"] for line in (out / stage / "episodes.jsonl").open()}
         assert seeds == {1000, 1001}
-    for adapter in ("round_0/policy", "round_0/world_model", "round_1/policy"):
+    for adapter in ("round_0/world_model", "round_1/world_model"):
         assert (out / adapter / "adapter" / "adapter_config.json").is_file()
+    for index, row in enumerate((zero, one)):  # a round with no accepted data trains nothing
+        trained = (out / f"round_{index}/policy/adapter/adapter_config.json").is_file()
+        assert trained == (row["policy_data"]["examples"] > 0) != ("policy_skipped" in row)
 
     report = (out / "results.md").read_text()
     assert "## Checks" in report and "held-out seeds are disjoint" in report

@@ -114,6 +114,16 @@ def test_policy_few_shots_can_be_left_out_for_a_model_trained_on_the_format() ->
     assert without == (with_examples[0], with_examples[-1])
 
 
+@pytest.mark.parametrize("family", ["world_model", "world_model_delta"])
+def test_world_model_manual_can_be_left_out_for_a_model_trained_on_the_format(family) -> None:
+    question = WorldModelInput(RESULTS, parse_action("click [401]"))
+    system, user = world_model_messages(question, family)
+    brief_system, brief_user = world_model_messages(question, family, PromptStyle(manual=False))
+    assert brief_user == user and "\n" not in brief_system["content"]
+    assert system["content"].startswith(brief_system["content"] + "\n\n## Tree format")
+    assert len(brief_system["content"]) < len(system["content"]) / 10
+
+
 def test_policy_question_has_the_task_sites_history_and_page() -> None:
     last = policy_messages(PolicyInput("Find headphones", RESULTS, trajectory(), SITES))[-1]
     content = last["content"]

@@ -58,6 +58,7 @@ class RoleConfig:
     step_chars: int = 1200
     observed_steps: int | None = None
     few_shot: bool = True  # the family's worked examples as earlier turns (policy)
+    manual: bool = True  # the format manual in the system prompt (world model)
     score_low: float = 1.0
     score_high: float = 5.0
 

@@ -52,12 +52,16 @@ class PromptStyle:
     keeps all. Reasons and actions of every step are always shown. ``few_shot`` shows the
     family's worked examples as earlier turns: a large instructed model needs them, a small
     model trained on the format does not, and they are most of a short page's prompt.
+    ``manual`` keeps the world model's format manual (tree and changes formats, actions,
+    rules) in its system prompt, for the same reason: without it the system prompt is one
+    sentence, and a short page's training example is a third as long.
     """
 
     observation_chars: int | None = 16_000
     step_chars: int = 1_200
     observed_steps: int | None = None
     few_shot: bool = True
+    manual: bool = True
 
 
 DEFAULT_STYLE = PromptStyle()
@@ -211,7 +215,7 @@ def world_model_messages(
         observation=format_observation(inp.observation, style.observation_chars),
         action=inp.action.to_string(),
     )
-    return _pair(render(f"{family}_system"), user)
+    return _pair(render(f"{family}_system", manual=style.manual), user)
 
 
 def reward_messages(

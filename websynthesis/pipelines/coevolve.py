@@ -126,9 +126,13 @@ class CoEvolution:
         return cfg
 
     def _adapter(self, round_index: int, stage: str) -> str | None:
-        """The adapter a round trained for ``stage`` (policy or world_model)."""
-        path = self.dir(round_index, stage) / "adapter"
-        return str(path) if path.is_dir() else None
+        """The newest adapter trained for ``stage`` (policy or world_model) in this round or
+        before: a round whose data was empty skipped its training and keeps the last one."""
+        for earlier in range(round_index, -1, -1):
+            path = self.dir(earlier, stage) / "adapter"
+            if path.is_dir():
+                return str(path)
+        return None
 
     def _model_overrides(self, round_index: int) -> list[str]:
         """The policy and world-model adapters trained in round ``round_index``."""
@@ -182,6 +186,14 @@ class CoEvolution:
         data = out.parent / "data"
         counts = self._policy_data(round_index, data / "policy.jsonl")
         atomic_write_json(data / "policy_stats.json", counts)
+        if not counts["examples"]:
+            # Nothing was accepted yet (a search that found no success, say): training on
+            # nothing is no step, so the round keeps the last policy and says why.
+            kept = self._adapter(round_index - 1, "policy") if round_index else None
+            reason = {"skipped": "no accepted trajectories", "kept_adapter": kept}
+            log.warning("co-evolution: round %d trains no policy: %s", round_index, reason)
+            atomic_write_json(out / "skipped.json", reason)
+            return
         overrides = [
             f"+data.train_files.trajectories={data / 'policy.jsonl'}",
             *self.cfg.overrides.policy,
@@ -322,6 +334,9 @@ class CoEvolution:
         data = _read_json(self.dir(round_index, "data") / "policy_stats.json", None)
         if data is not None:
             row["policy_data"] = data
+        skipped = _read_json(self.dir(round_index, "policy") / "skipped.json", None)
+        if skipped is not None:
+            row["policy_skipped"] = skipped
         imagined = _read_json(self.dir(round_index, "imagine") / "stats.json", None)
         if imagined is not None:
             row["imagine"] = imagined
