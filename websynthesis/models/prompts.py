@@ -54,7 +54,7 @@ class PromptStyle:
     model trained on the format does not, and they are most of a short page's prompt.
     ``manual`` keeps the world model's format manual (tree and changes formats, actions,
     rules) in its system prompt, for the same reason: without it the system prompt is one
-    sentence, and a short page's training example is a third as long.
+    sentence, and a short page's training example is about a quarter as long.
     """
 
     observation_chars: int | None = 16_000
