@@ -185,6 +185,11 @@ IDS = ["1", "5", "8", "9", "a51"]
          "+ after [9]\n[40] menu 'Account' expanded: True\n\t[41] menuitem \"Sign-up's\"\n"
          "[42] link 'Help'\n+ in [1]\n[8] searchbox 'Search'\n</changes>", True),
         ("<a11y>\n[1] RootWebArea 'Shop'\n\t[5] link 'a'\n</a11y>", True),
+        # typing adds the field's text line, with the id the browser layer gives text lines
+        ("<changes>\n~ [9] textbox '' value: Ann\n+ in [9]\n[TB9] StaticText 'Ann'\n</changes>",
+         True),
+        ("<a11y>\n[1] RootWebArea 'Shop'\n\t[TAa51] StaticText 'a'\n</a11y>", True),
+        ("<changes>\n+ in [9]\n[Ann] StaticText 'Ann'\n</changes>", False),  # no such id form
         ("<changes>\n- [1]\n</changes>", False),  # the root stays
         ("<changes>\n+ after [1]\n[40] x 'y'\n</changes>", False),  # and has no siblings
         ("<changes>\n- [404]\n</changes>", False),  # not on the page

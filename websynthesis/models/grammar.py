@@ -152,6 +152,9 @@ def judge_grammar() -> str:
     return _reason_then_score('"0.5" | "0" | "1"')
 
 
+FRESH_ID_CHARS = 10  # the longest id the ``fresh`` rule writes (T + 2 letters + a12345)
+
+
 def a11y_grammar(
     ids: Sequence[str] = (), *, max_depth: int = 8, max_name_chars: int = 48, max_props: int = 2
 ) -> str:
@@ -159,7 +162,7 @@ def a11y_grammar(
 
     Every line is ``[id] role 'name' prop: value …`` at a depth at most one deeper than the
     line before (one rule per depth makes the nesting context-free), the first line is the
-    root at depth 0, ids are the current page's ``ids`` or fresh numbers, names are quoted
+    root at depth 0, ids are the current page's ``ids`` or fresh ones, names are quoted
     as ``repr`` would quote them. So a constrained prediction always parses with no
     structural error but possible duplicate ids (a grammar cannot count), whatever model
     writes it; the wrap-up closes the tree after any complete line when the budget runs out.
@@ -180,10 +183,12 @@ def a11y_grammar(
         f'name ::= "\'" [^\'\\n\\\\]{{0,{max_name_chars}}} "\'"'
         f' | "\\"" [^"\\n\\\\]{{0,{max_name_chars}}} "\\""',
         'prop ::= [a-z] [A-Za-z]{0,15} ": " [A-Za-z0-9_.-]{1,24}',
-        "fresh ::= [1-9] [0-9]{0,4}",
+        # A new element's id: a number (a bid, WebArena's DOM ids) or a text line's id as
+        # websynthesis.env.observe gives it ("T" + letters + its element's bid: TB12).
+        'fresh ::= [1-9] [0-9]{0,4} | "T" [A-Z]{1,2} [a-z]{0,2} [0-9]{1,5}',
         "id ::= fresh" + "".join(f" | {_literal(i)}" for i in dict.fromkeys(ids)),
     ]
-    longest_id = max([6, *(len(i.encode()) for i in ids)])
+    longest_id = max([FRESH_ID_CHARS, *(len(i.encode()) for i in ids)])
     longest_line = (
         max_depth + len("[] ") + longest_id + 24 + len(" ''") + max_name_chars + max_props * 44
     )
@@ -349,7 +354,7 @@ def delta_grammar(
     The header line, if any, comes first (one tab; its title without ``|``). ``~`` lines,
     ``-`` lines and insertion anchors name ids of the current page (``ids``); ``root``
     (default: the first id, the page's root in document order) can be changed or inserted
-    into, but not removed or given a sibling. Inserted elements take fresh numbers or page
+    into, but not removed or given a sibling. Inserted elements take fresh ids or page
     ids (a moved element is removed, then inserted again). A grammar cannot follow the
     edits, so an answer that parses may still not apply (an id removed twice, an inserted
     id already on the page), as a constrained page may repeat an id;
@@ -386,7 +391,7 @@ def delta_grammar(
         for rule in page.splitlines()
         if rule and not rule.startswith("#")
     ]
-    longest_id = max([6, *(len(i.encode()) for i in known)])
+    longest_id = max([FRESH_ID_CHARS, *(len(i.encode()) for i in known)])
     line = len("[] ") + longest_id + 24 + len(" ''") + max_name_chars + max_props * 44
     longest_edit = max(
         len("\nheader Tab 0 (current): ") + max_title_chars,
