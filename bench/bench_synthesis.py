@@ -1,7 +1,7 @@
 """Throughput of web synthesis search: many trees at once vs one request at a time.
 
     python bench/bench_synthesis.py                   # all CPU parts (tiny model; ~3 min)
-    python bench/bench_synthesis.py throughput [--trees 32]
+    python bench/bench_synthesis.py throughput [--trees 32] [--threads 1] [--cascade both]
     python bench/bench_synthesis.py overhead [--iterations 4000]
     python bench/bench_synthesis.py --gpu             # random Qwen2.5-7B on CUDA, 64 trees
 
@@ -11,10 +11,17 @@ the tiny model's :class:`LocalBackend`, :class:`ModelClient`, :class:`ModelWorld
 under distinct ids, so distinct seeds), searched (1) one tree and one request at a time
 (``search.concurrent_trees=1 search.batch=false``, the reference's way) and (2) all trees at
 once behind the :class:`BatchingBackend`. No response cache. Same seeds, so both searches
-build the same trees (checked): the same node budget. Reported: node expansions/s of both
-and their ratio (target >= 5x), and the batched search's generated tokens/s against the
+build the same trees (checked): the same node budget. Each search starts with a cold
+grammar cache (neither warms the other's). Reported: node expansions/s of both and their
+ratio (target >= 5x), the same per CPU second of this process (what other processes on a
+shared machine hardly change), and the batched search's generated tokens/s against the
 same backend's *raw* batched throughput: every request the search sent, replayed back to
-back in full batches with nothing in between (target >= 80% on a GPU).
+back in full batches with nothing in between (target >= 80% on a GPU). On shared cores
+pass ``--threads 1``: a preempted intra-op thread stalls every wide op at its barrier
+(one 16-request world-model batch measured 37 s with two threads, 2.4 s with one).
+``--cascade both`` runs (a) twice on one loaded model, with :class:`LocalBackend`'s own
+decode loop (``cascade_decode``) on, then off (transformers' ``generate``), and prints
+both ratios and the decode loop's speed-up side by side (``on``/``off``: one of them).
 
 (b) **overhead**: the search core's own cost per node is ``bench/bench_search.py overhead``
 (target <= 1 ms per node), reused here; next to it, the whole web layer's (prompt rendering,
@@ -38,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_search
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -88,6 +96,7 @@ class Recorder:
 @dataclass
 class Measured:
     seconds: float
+    cpu_seconds: float  # this process's CPU time: what other processes' load hardly changes
     expansions: int
     nodes: int
     completion_tokens: int
@@ -101,6 +110,8 @@ class Measured:
             "expansions": self.expansions,
             "nodes": self.nodes,
             "expansions_per_s": self.expansions / self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "expansions_per_cpu_s": self.expansions / self.cpu_seconds,
             "completion_tokens_per_s": self.completion_tokens / self.seconds,
             "batches": self.batches,
         }
@@ -136,12 +147,16 @@ def search(cfg: DictConfig, model: Backend, work: list[TreeTask[WebState]]) -> M
         core_search_config(cfg.search, policy.scale, int(cfg.seed)),
         engine_config(cfg.search),
     )
-    start = time.perf_counter()
+    # Every search compiles its own grammars: the first one measured must not warm the second's.
+    getattr(model, "__dict__", {}).pop("grammars", None)
+    start, cpu_start = time.perf_counter(), time.process_time()
     results = engine.run(work)
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     assert all(r.error is None for r in results), [r.error for r in results if r.error]
     return Measured(
         seconds=seconds,
+        cpu_seconds=cpu_seconds,
         expansions=sum(r.stats.expansions for r in results),
         nodes=sum(len(r.root.walk()) for r in results),
         completion_tokens=usage.counts().completion_tokens,
@@ -192,6 +207,9 @@ def throughput(args: argparse.Namespace, model: Backend, overrides: list[str]) -
         pairs = zip(batched.trees, one.trees, strict=True)
         report["identical_trees"] = sum(mine == theirs for mine, theirs in pairs)
         report["ratio"] = batched.row()["expansions_per_s"] / one.row()["expansions_per_s"]
+        report["cpu_ratio"] = (
+            batched.row()["expansions_per_cpu_s"] / one.row()["expansions_per_cpu_s"]
+        )
     raw = raw_throughput(model, batched.requests, batched_cfg.search.max_batch_size)
     report["raw_tokens_per_s"] = raw
     report["search_over_raw"] = batched.row()["completion_tokens_per_s"] / raw
@@ -261,6 +279,34 @@ def random_7b() -> Backend:
     return backend
 
 
+def print_throughput(label: str, result: dict[str, Any]) -> None:
+    print(
+        f"{'throughput, ' + label:<28}{'expansions':>11}{'nodes':>7}{'seconds':>9}{'exp/s':>8}"
+        f"{'cpu s':>9}{'exp/cpu s':>10}"
+    )
+    for name, row in result.items():
+        if isinstance(row, dict):
+            print(
+                f"{name:<28}{row['expansions']:>11.0f}{row['nodes']:>7.0f}"
+                f"{row['seconds']:>9.2f}{row['expansions_per_s']:>8.2f}"
+                f"{row['cpu_seconds']:>9.2f}{row['expansions_per_cpu_s']:>10.2f}"
+            )
+    if "ratio" in result:
+        print(f"expansions/s, batched / one at a time: {result['ratio']:.1f}x")
+        print(f"expansions per CPU second, the same ratio: {result['cpu_ratio']:.1f}x")
+        print(f"identical trees: {result['identical_trees']} of {result['trees']}")
+    print(f"search tokens/s over raw batched tokens/s: {result['search_over_raw']:.0%}")
+
+
+def cascade_speedup(on: dict[str, Any], off: dict[str, Any]) -> dict[str, float]:
+    """Expansions/s with the decode loop over without it, per search mode measured."""
+    return {
+        name: row["expansions_per_s"] / off[name]["expansions_per_s"]
+        for name, row in on.items()
+        if isinstance(row, dict)
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", nargs="?", choices=["throughput", "overhead", "all"], default="all")
@@ -273,7 +319,21 @@ def main() -> None:
         help="also search one at a time (default: on, off with --gpu)",
     )
     parser.add_argument("--iterations", type=int, default=4000, help="overhead: nodes")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (1 on shared cores: a preempted thread stalls wide ops)",
+    )
+    parser.add_argument(
+        "--cascade",
+        choices=["on", "off", "both"],
+        default="on",
+        help="LocalBackend's cascade decode; both: on, then off, side by side in one run",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.trees = args.trees or (64 if args.gpu else 32)
     args.baseline = (not args.gpu) if args.baseline is None else args.baseline
     report: dict[str, Any] = {}
@@ -282,19 +342,21 @@ def main() -> None:
         cfg = compose_config(*overrides)
         model = random_7b() if args.gpu else instantiate(cfg.model.backend)
         asyncio.run(model.agenerate([GenerationRequest(({"role": "user", "content": "hi"},))]))
-        result = throughput(args, model, overrides)
+        settings = {"on": [True], "off": [False], "both": [True, False]}[args.cascade]
+        results = {}
+        for cascade in settings:
+            model.cascade_decode = cascade  # type: ignore[attr-defined]
+            label = f"cascade {'on' if cascade else 'off'}"
+            results[label] = throughput(args, model, overrides)
+            print_throughput(label, results[label])
         model.close()
-        print(f"{'throughput':<24}{'expansions':>11}{'nodes':>7}{'seconds':>9}{'exp/s':>8}")
-        for name, row in result.items():
-            if isinstance(row, dict):
-                print(
-                    f"{name:<24}{row['expansions']:>11.0f}{row['nodes']:>7.0f}"
-                    f"{row['seconds']:>9.2f}{row['expansions_per_s']:>8.2f}"
-                )
-        if "ratio" in result:
-            print(f"expansions/s, batched / one at a time: {result['ratio']:.1f}x")
-        print(f"search tokens/s over raw batched tokens/s: {result['search_over_raw']:.0%}")
-        report["throughput"] = result
+        if len(results) == 1:
+            report["throughput"] = next(iter(results.values()))
+        else:
+            on, off = results["cascade on"], results["cascade off"]
+            report["throughput"] = results | {"cascade_speedup": cascade_speedup(on, off)}
+            for name, speedup in report["throughput"]["cascade_speedup"].items():
+                print(f"cascade on / off, {name} expansions/s: {speedup:.2f}x")
     if args.part in ("overhead", "all") and not args.gpu:
         core = bench_search.overhead(args.iterations, profile=False)
         web = web_overhead(args.iterations)

@@ -96,3 +96,22 @@ def webarena_tasks_path() -> Path:
     if not path.is_file():
         pytest.skip(f"shared WebArena corpus not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def adapters(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two random LoRA adapters of the tiny model (non-zero B, so they change outputs), saved
+    like trained ones: ``{"policy": dir, "world_model": dir}``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    for seed, name in enumerate(["policy", "world_model"]):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+        config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+        path = tmp_path_factory.mktemp(name)
+        get_peft_model(base, config).save_pretrained(path)
+        out[name] = str(path)
+    return out

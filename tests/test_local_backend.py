@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from websynthesis.models.grammar import action_grammar
@@ -34,20 +33,6 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def tiny_path(tiny_model_path: Path) -> Path:
     return tiny_model_path
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Two random LoRA adapters (non-zero B, so they change outputs), saved like trained ones."""
-    out = {}
-    for seed, name in enumerate(["policy", "world_model"]):
-        torch.manual_seed(seed)
-        base = AutoModelForCausalLM.from_pretrained(tiny_path)
-        config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
-        path = tmp_path_factory.mktemp(name)
-        get_peft_model(base, config).save_pretrained(path)
-        out[name] = str(path)
-    return out
 
 
 @pytest.fixture(scope="module")

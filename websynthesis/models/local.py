@@ -3,44 +3,59 @@
 One base model serves several roles through named LoRA adapters (policy,
 world model): a request's ``model`` names its adapter, ``None`` the base.
 
-How a batch of requests becomes ``generate`` calls:
+How a batch of requests becomes model calls:
 
 * Requests are rendered with the model's chat template (generation prompt on),
   checked one by one (unknown adapter, grammar that does not compile, prompt
-  too long...: that request's ``error``), then grouped by what ``generate``
-  fixes per call: temperature, top_p and max_new_tokens. Adapters, seeds,
-  ``n`` and grammars may differ inside a group; seeds and grammars get
-  per-row logits processors.
-* A group is cut into chunks of at most ``max_batch_size`` rows (samples),
-  prompts of similar length together, left-padded with an attention mask.
-  A chunk runs with its adapter active when all its rows share one, and as
-  peft's mixed batch (``adapter_names=``, one per row) when they do not: one
-  call reads the base weights once for all rows, which is what decoding is
-  bound by on a GPU.
-* **One prefill for n samples.** Each chunk's prompts (all but their last
-  token) are run once into a KV cache; the cache rows are then repeated
-  ``n`` times per prompt (``DynamicCache.batch_select_indices``) and all
-  samples decode together. ``num_return_sequences`` would copy the prompt
-  before the prefill and compute it ``n`` times.
-* **One prefill for a shared prefix.** Requests of one role open with the
-  same system prompt and few-shot turns (MCTS: ~75 % of a policy prompt).
-  When a chunk's prompts share at least ``share_prefix_min_tokens`` leading
-  tokens, that prefix is run once (once per adapter in a mixed chunk: KV
-  computed under one adapter is never reused under another), its cache
-  replicated to every row, and only each row's suffix is prefilled after it.
-  The suffixes are left-padded *between* the prefix and the suffix, with
-  zeros in the attention mask there and position ids that count real tokens
-  only, so every row sees exactly the keys, values and positions it would alone.
-* Rows stop at the end-of-turn token(s) (``<|im_end|>`` for Qwen chat models),
-  which the returned text excludes; ``finish_reasons`` is ``stop`` or ``length``.
+  too long...: that request's ``error``), then grouped by what a decode loop
+  fixes: temperature, top_p and max_new_tokens. Adapters, seeds, ``n`` and
+  grammars may differ inside a group; seeds and grammars are per row.
+* A group is sorted by adapter and prompt, so requests that open alike (one
+  role's prompts, one tree's, one task's) are neighbours, and cut into chunks
+  of at most ``max_batch_size`` rows (samples). A chunk runs with its adapter
+  active when all its rows share one, and as peft's mixed batch
+  (``adapter_names=``, one per row) when they do not: one call reads the base
+  weights once for all rows, which is what decoding is bound by on a GPU.
+
+**Prefill: every shared token once.** A chunk's prompts (all but their last
+token) are prefilled as a prefix tree: the prefix common to the whole chunk
+once per adapter (KV computed under one adapter is never reused under
+another), then each branch that several prompts share (a task's intent and
+page, a tree's history) once, then what is left of each distinct prompt;
+``n`` samples of a prompt share all of it. A shared run of fewer than
+``share_prefix_min_tokens`` is not split off (a call costs more than it
+saves). Siblings run together, right-padded (padding after a sequence cannot
+change it under a causal mask), cut by length so padding costs less than a
+call would.
+
+**Decode: shared keys read once.** The KV cache is not copied per row. Each
+layer keeps three parts: the chunk prefix (one copy per adapter), each
+distinct prompt's remainder (one copy per prompt, padded and masked), and
+each row's own generated tokens (preallocated, no per-step concatenation).
+Attention for a step scores every row's query against each part with one
+batched matmul per part (rows grouped by the prefix or prompt they read)
+and takes one softmax over all of them. Reading the KV cache is what a step
+costs once the batch is wide: with the cache replicated per row (as
+``generate`` does) a 64-row policy step on 1,800-token prompts read and
+copied ~0.7 GB; this reads the prompt keys once. The backend's own loop
+(not ``generate``) also drops finished rows from the batch (compacting
+their caches once an eighth of the batch is done), fills all grammar masks
+of a step in one xgrammar call (:class:`BatchGrammarMasks`), and picks
+tokens without a second pass over the vocabulary. Models whose layers are
+not all full attention (sliding windows) fall back to ``generate`` with
+the same sampling and masks (``cascade_decode=False`` forces that path).
+
+Rows stop at the end-of-turn token(s) (``<|im_end|>`` for Qwen chat models),
+which the returned text excludes; ``finish_reasons`` is ``stop`` or ``length``.
 
 **Reproducibility.** Sample ``j`` of a request with seed ``s`` is drawn with
 its own ``torch.Generator`` seeded ``derive_seed(s, j)``, so it depends only on
 the model, the request and ``(s, j)``, not on the other requests of the batch,
-its order or chunking, nor on ``n``. Exact on CPU in fp32; on a GPU, kernels
-chosen by batch shape may change low bits of the logits and so, rarely, a
-near-tied token. Greedy requests (temperature 0) need no seed. Requests
-without a seed draw from torch's global generator.
+its order or chunking, nor on ``n``. Exact on CPU in fp32 up to float
+rounding (which rows share a matmul changes the last bits of the logits, so
+a near-tied token may rarely go the other way); on a GPU kernels chosen by
+batch shape do the same. Greedy requests (temperature 0) need no seed.
+Requests without a seed draw from torch's global generator.
 
 A failing chunk (out of memory, a kernel error) is retried request by request,
 so one bad request fails alone; ``stats`` counts errors by kind.
@@ -61,6 +76,8 @@ from typing import Any
 import torch
 from peft import PeftModel
 from transformers import (
+    AttentionInterface,
+    DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -71,18 +88,35 @@ from transformers import (
 from transformers.cache_utils import Cache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from websynthesis.models.grammar import Constraint, GrammarCompiler, GrammarLogitsProcessor
+from websynthesis.models.grammar import (
+    BatchGrammarMasks,
+    Constraint,
+    GrammarCompiler,
+    GrammarLogitsProcessor,
+)
 from websynthesis.models.loading import load_model, load_tokenizer, resolve_model_path
 from websynthesis.models.types import Generation, GenerationRequest, Sampling, derive_seed
 
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # peft's adapter_names entry for "no adapter"
+CASCADE = "websynthesis_cascade"  # the attention implementation of the decode loop
+# A forward call's fixed cost in prefilled token rows: padding that costs less than this
+# is cheaper than another call. Measured ~40 for the tiny model on CPU (2 ms a call, 0.05
+# ms a token), hundreds for a 7B model on a GPU; the larger value errs towards fewer calls.
+CALL_COST_TOKENS = 128
+# Finished rows leave the decode batch once they are 1/COMPACT_WHEN of it: compacting copies
+# the rows' generated keys, decoding a finished row costs its share of every step.
+COMPACT_WHEN = 8
 
 
 @dataclass
 class LocalStats:
-    """What the backend did: ``generate`` calls, rows decoded, and errors by kind."""
+    """What the backend did: decode batches, rows decoded, and errors by kind.
+
+    ``generate_calls`` counts decode batches, whichever loop ran them (transformers'
+    ``generate`` or the backend's own cascade decode).
+    """
 
     generate_calls: int = 0
     rows: int = 0
@@ -115,6 +149,20 @@ class _Rejected(Exception):
         self.kind = kind
 
 
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+"""Keys and values of every layer, each ``[batch, kv_heads, tokens, head_dim]``."""
+
+
+@dataclass
+class _Node:
+    """A run of prompt tokens that the prompts below it share, under one adapter."""
+
+    adapter: str
+    tokens: list[int]
+    ends: list[int]  # distinct prompts that end with this run
+    children: list[_Node]
+
+
 class LocalBackend:
     """Chat generation with a local transformers model and named LoRA adapters.
 
@@ -126,11 +174,14 @@ class LocalBackend:
         attn_implementation: ``auto`` (flash_attention_2 when usable, else sdpa)
             or an explicit transformers value.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
-        max_batch_size: most rows (samples, not requests) per ``generate`` call.
-        share_prefix: prefill a chunk's common prompt prefix once (see the module
+        max_batch_size: most rows (samples, not requests) per decode batch.
+        share_prefix: prefill shared prompt prefixes once (see the module
             docstring); off only to compare against, outputs are the same.
-        share_prefix_min_tokens: shortest common prefix worth a separate prefill
+        share_prefix_min_tokens: shortest shared prefix worth a separate prefill
             call; below it the extra call costs more than the tokens it saves.
+        cascade_decode: the backend's own decode loop over a shared KV cache (see
+            the module docstring); off, or for models it does not support,
+            transformers' ``generate`` over a per-row cache.
     """
 
     def __init__(
@@ -143,12 +194,14 @@ class LocalBackend:
         max_batch_size: int = 64,
         share_prefix: bool = True,
         share_prefix_min_tokens: int = 32,
+        cascade_decode: bool = True,
     ) -> None:
         path = resolve_model_path(str(model_path))
         base = load_model(path, dtype=dtype, attn_implementation=attn_implementation, device=device)
         self._setup(path, base, load_tokenizer(path), adapters, max_batch_size)
         self.share_prefix = share_prefix
         self.share_prefix_min_tokens = share_prefix_min_tokens
+        self.cascade_decode = cascade_decode
 
     @classmethod
     def from_model(
@@ -161,17 +214,21 @@ class LocalBackend:
         max_batch_size: int = 64,
         share_prefix: bool = True,
         share_prefix_min_tokens: int = 32,
+        cascade_decode: bool = True,
     ) -> LocalBackend:
         """Serve a model already in memory (a benchmark's random one, a training run's).
 
         ``name`` stands for ``model_path`` in :attr:`cache_identity`. The
         model's generation config is replaced (see ``__init__``); the tokenizer
-        is only read, and needs a chat template and a pad token.
+        is only read, and needs a chat template and a pad token. While a batch
+        decodes, the model's ``config._attn_implementation`` names this
+        backend's attention (restored after each batch).
         """
         backend = cls.__new__(cls)
         backend._setup(name, model, tokenizer, adapters, max_batch_size)
         backend.share_prefix = share_prefix
         backend.share_prefix_min_tokens = share_prefix_min_tokens
+        backend.cascade_decode = cascade_decode
         return backend
 
     def _setup(
@@ -192,6 +249,7 @@ class LocalBackend:
         # Public and mutable: the benchmark flips sharing on and off on one loaded model.
         self.share_prefix = True
         self.share_prefix_min_tokens = 32
+        self.cascade_decode = True
         self.tokenizer = tokenizer
         self.stop_token_ids = _stop_token_ids(base, self.tokenizer.eos_token_id)
         # Sampling is the request's alone: no top_k / repetition penalty from the checkpoint.
@@ -200,6 +258,10 @@ class LocalBackend:
         )
         self.context_length = base.config.max_position_embeddings
         self.vocab_size = base.config.vocab_size
+        self._base_config = base.config
+        self._cascade_supported = _cascade_supported(base)
+        if not self._cascade_supported:
+            log.info("%s: no cascade decode for this model; decoding with generate", model_path)
         self.model = _with_adapters(base, self.adapters)
         self.device = base.device
         self.stats = LocalStats()
@@ -248,7 +310,8 @@ class LocalBackend:
             s = request.sampling
             groups[(s.temperature, s.top_p, s.max_new_tokens)].append(item)
         for items in groups.values():
-            items.sort(key=lambda item: len(item.prompt))
+            # Neighbours share prefixes: one adapter's prompts together, then by their tokens.
+            items.sort(key=lambda item: (item.adapter, item.prompt))
             for chunk in self._chunks(items):
                 for item, generation in zip(chunk, self._run_safely(chunk), strict=True):
                     results[item.index] = generation
@@ -306,8 +369,260 @@ class LocalBackend:
             self.stats.errors["internal"] += 1
             return [Generation(texts=[], error=f"internal: {type(error).__name__}: {error}")]
 
-    @torch.inference_mode()
     def _run(self, chunk: list[_Item]) -> list[Generation]:
+        """One prefill and one decode for the chunk; every sample is a row."""
+        if self.cascade_decode and self._cascade_supported:
+            return self._run_cascade(chunk)
+        return self._run_generate(chunk)
+
+    # --- the backend's own decode loop over a shared KV cache -----------------------------
+
+    @torch.inference_mode()
+    def _run_cascade(self, chunk: list[_Item]) -> list[Generation]:
+        """Prefill the chunk's prompt tree, then decode all rows over the shared cache."""
+        sampling = chunk[0].request.sampling
+        ns = [item.request.sampling.n for item in chunk]
+        # Distinct prompts (adapter and all but the last token): their KV is computed once.
+        distinct: dict[tuple[str, tuple[int, ...]], int] = {}
+        prompt_of_item = [
+            distinct.setdefault((item.adapter, tuple(item.prompt[:-1])), len(distinct))
+            for item in chunk
+        ]
+        adapters = list(dict.fromkeys(item.adapter for item in chunk))
+        row_items = [item for item, n in zip(chunk, ns, strict=True) for _ in range(n)]
+        row_prompts = [p for p, n in zip(prompt_of_item, ns, strict=True) for _ in range(n)]
+        sample_index = [j for n in ns for j in range(n)]
+        self.stats.generate_calls += 1
+        self.stats.rows += len(row_items)
+        with self._adapters_for([item.adapter for item in chunk]) as mixed:
+            cascade = self._prefill_tree(
+                [(adapter, list(body)) for adapter, body in distinct],
+                adapters,
+                mixed is not None,
+            )
+            cascade.start(
+                [adapters.index(item.adapter) for item in row_items],
+                row_prompts,
+                sampling.max_new_tokens,
+            )
+            names = [item.adapter for item in row_items] if mixed else None
+            tokens = self._decode(cascade, row_items, sample_index, sampling, names)
+        return self._collect(chunk, ns, tokens)
+
+    def _prefill_tree(
+        self, prompts: list[tuple[str, list[int]]], adapters: list[str], mixed: bool
+    ) -> _Cascade:
+        """KV of every distinct prompt, each shared run of tokens computed once.
+
+        ``prompts`` are (adapter, tokens) pairs, ``adapters`` those present in
+        order. The chunk prefix becomes the cascade's first part (one row per
+        adapter), what follows it in each prompt its second part.
+        """
+        bodies = [body for _, body in prompts]
+        common = self._common_prefix(bodies)
+        prefix: KV | None = None
+        if common:
+            ids = torch.tensor([bodies[0][:common]] * len(adapters), device=self.device)
+            prefix = self._extend(None, 0, ids, adapters if mixed else None, [])
+        tails = [(i, a, body[common:]) for i, (a, body) in enumerate(prompts) if body[common:]]
+        rests: list[KV | None] = [None] * len(prompts)
+        nodes = self._radix(tails)
+        if nodes:
+            self._grow(nodes, prefix, adapters, common, None, rests, mixed)
+        return _Cascade(prefix, rests, [len(body) - common for body in bodies])
+
+    def _common_prefix(self, bodies: list[list[int]]) -> int:
+        """Tokens every body opens with, or 0 when too few to be worth a call of their own."""
+        if not self.share_prefix:
+            return 0
+        limit = min(len(b) for b in bodies)
+        columns = enumerate(zip(*bodies, strict=False))  # lengths differ: up to the shortest
+        length = next((k for k, col in columns if len(set(col)) > 1), limit)
+        return length if length >= self.share_prefix_min_tokens else 0
+
+    def _radix(self, members: list[tuple[int, str, list[int]]]) -> list[_Node]:
+        """The prefix tree of ``(prompt, adapter, tokens)``, runs too short to share merged.
+
+        A run shorter than ``share_prefix_min_tokens`` (or any, with sharing
+        off) is not computed on its own: it is prepended to each branch below it.
+        """
+        nodes = []
+        groups: dict[tuple[str, int], list[tuple[int, str, list[int]]]] = defaultdict(list)
+        for member in members:
+            groups[(member[1], member[2][0])].append(member)
+        for (adapter, _), group in groups.items():
+            tails = [tokens for _, _, tokens in group]
+            shared = next(
+                (k for k, col in enumerate(zip(*tails, strict=False)) if len(set(col)) > 1),
+                min(map(len, tails)),
+            )
+            below = [(i, a, t[shared:]) for i, a, t in group if len(t) > shared]
+            node = _Node(
+                adapter, tails[0][:shared], [i for i, _, t in group if len(t) == shared], []
+            )
+            node.children = self._radix(below)
+            if node.children and (not self.share_prefix or shared < self.share_prefix_min_tokens):
+                # Not worth a call: each branch below starts with this run instead.
+                for child in node.children:
+                    child.tokens = node.tokens + child.tokens
+                nodes += node.children
+                if node.ends:
+                    nodes.append(_Node(adapter, node.tokens, node.ends, []))
+            else:
+                nodes.append(node)
+        return nodes
+
+    def _grow(
+        self,
+        nodes: list[_Node],
+        past: KV | None,
+        adapters: list[str],
+        offset: int,
+        above: KV | None,
+        rests: list[KV | None],
+        mixed: bool,
+    ) -> None:
+        """Prefill sibling ``nodes`` on top of ``past``, then their subtrees; fill ``rests``.
+
+        ``past`` has one row per adapter at the top of the tree (the chunk
+        prefix), one row below it; ``above`` is the KV between the chunk prefix
+        and these nodes, which a prompt's rest starts with.
+        """
+        pad = self.tokenizer.pad_token_id
+        for bucket in _buckets([len(node.tokens) for node in nodes], CALL_COST_TOKENS):
+            group = [nodes[i] for i in bucket]
+            width = max(len(node.tokens) for node in group)
+            ids = torch.tensor(
+                [node.tokens + [pad] * (width - len(node.tokens)) for node in group],
+                device=self.device,
+            )
+            # Row of ``past`` each node continues: its adapter's at the top, the one below.
+            top = past is not None and len(past[0][0]) > 1
+            rows = [adapters.index(node.adapter) if top else 0 for node in group]
+            names = [node.adapter for node in group] if mixed else None
+            new = self._extend(past, offset, ids, names, rows)
+            for k, node in enumerate(group):
+                size = len(node.tokens)
+                own = [(key[k : k + 1, :, :size], value[k : k + 1, :, :size]) for key, value in new]
+                mine = own if above is None else _cat(above, own)
+                for prompt in node.ends:
+                    rests[prompt] = mine
+                if node.children:
+                    if past is None:
+                        below = own
+                    else:
+                        row = slice(rows[k], rows[k] + 1)
+                        below = _cat([(key[row], value[row]) for key, value in past], own)
+                    self._grow(node.children, below, adapters, offset + size, mine, rests, mixed)
+
+    def _extend(
+        self,
+        past: KV | None,
+        offset: int,
+        ids: torch.Tensor,
+        names: list[str] | None,
+        rows: list[int],
+    ) -> KV:
+        """KV of ``ids`` (right-padded rows), row ``k`` after row ``rows[k]`` of ``past``.
+
+        Padding sits after each row's tokens, so under the causal mask no real
+        token sees it; its keys and values are simply not used.
+        """
+        cache = DynamicCache()
+        if past is not None:
+            index = torch.tensor(rows, device=self.device)
+            for layer, (key, value) in enumerate(past):
+                cache.update(key[index], value[index], layer)
+        positions = torch.arange(offset, offset + ids.shape[1], device=self.device)
+        self.model(
+            input_ids=ids,
+            position_ids=positions.expand(len(ids), -1),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **({"adapter_names": names} if names else {}),
+        )
+        return [(layer.keys[:, :, offset:], layer.values[:, :, offset:]) for layer in cache.layers]
+
+    def _decode(
+        self,
+        cascade: _Cascade,
+        row_items: list[_Item],
+        sample_index: list[int],
+        sampling: Sampling,
+        names: list[str] | None,
+    ) -> list[list[int]]:
+        """Decode every row to its end-of-turn or the budget; finished rows leave the batch."""
+        stops = set(self.stop_token_ids)
+        grammar = None
+        if any(item.constraint for item in row_items):
+            grammar = BatchGrammarMasks(
+                [item.constraint for item in row_items], sampling.max_new_tokens
+            )
+        chooser = _Chooser(
+            sampling,
+            [
+                derive_seed(item.request.sampling.seed, j)
+                for item, j in zip(row_items, sample_index, strict=True)
+            ],
+        )
+        rows = list(range(len(row_items)))  # the original row of each batch row
+        tokens: list[list[int]] = [[] for _ in rows]
+        done = [False] * len(rows)
+        ids = torch.tensor([item.prompt[-1] for item in row_items], device=self.device)
+        positions = torch.tensor([len(item.prompt) - 1 for item in row_items], device=self.device)
+        last: list[int] | None = None
+        with self._cascade_attention():
+            for step in range(sampling.max_new_tokens):
+                cascade.step = step
+                logits = (
+                    self.model(
+                        input_ids=ids[:, None],
+                        position_ids=positions[:, None],
+                        attention_mask={"full_attention": cascade},
+                        use_cache=False,
+                        **({"adapter_names": names} if names else {}),
+                    )
+                    .logits[:, -1]
+                    .float()
+                )
+                if grammar is not None:
+                    grammar.mask(logits, rows, last)
+                ids = chooser.choose(logits, rows)
+                last = ids.tolist()
+                for row, token in zip(rows, last, strict=True):
+                    if not done[row]:
+                        tokens[row].append(token)
+                        done[row] = token in stops
+                finished = [k for k, row in enumerate(rows) if done[row]]
+                if len(finished) == len(rows):
+                    break
+                positions = positions + 1
+                if finished and COMPACT_WHEN * len(finished) >= len(rows):
+                    keep = [k for k, row in enumerate(rows) if not done[row]]
+                    index = torch.tensor(keep, device=self.device)
+                    cascade.keep(index)
+                    ids, positions = ids[index], positions[index]
+                    rows = [rows[k] for k in keep]
+                    last = [last[k] for k in keep]
+                    names = [names[k] for k in keep] if names else None
+        return tokens
+
+    @contextlib.contextmanager
+    def _cascade_attention(self) -> Iterator[None]:
+        """The model's attention layers call :func:`_cascade_attention` while this is open."""
+        config = self._base_config
+        previous = config._attn_implementation
+        config._attn_implementation = CASCADE
+        try:
+            yield
+        finally:
+            config._attn_implementation = previous
+
+    # --- transformers' generate over a per-row cache (fallback and reference) -------------
+
+    @torch.inference_mode()
+    def _run_generate(self, chunk: list[_Item]) -> list[Generation]:
         """One prefill and one ``generate`` for the chunk; every sample is a row."""
         sampling = chunk[0].request.sampling
         shared = self._shared_prefix_length(chunk)
@@ -478,6 +793,297 @@ class LocalBackend:
         return generations
 
 
+# --- the shared KV cache of the decode loop -----------------------------------------------
+
+
+class _Part:
+    """A shared part of the decode cache: keys and values per group, and each row's group.
+
+    Rows read their group's keys through one batched matmul: the queries of a
+    group's rows are laid side by side (a ``[groups, width]`` grid of rows), so
+    each group's keys are read once however many rows read them.
+    """
+
+    def __init__(self, kv: KV, bias: torch.Tensor | None, groups: list[int]) -> None:
+        self.kv = kv
+        self.bias = bias  # [groups, tokens], -inf on padding
+        self.length = kv[0][0].shape[2]
+        self.ids = list(range(kv[0][0].shape[0]))  # the group each row of ``kv`` started as
+        self.regroup(groups)
+
+    def regroup(self, groups: list[int]) -> None:
+        """Rows now read ``groups`` (numbered as at the start).
+
+        Groups no row reads are dropped once they are half the part: dropping
+        copies the rest, computing over them costs a matmul row each step.
+        """
+        used = sorted(set(groups))
+        if 2 * len(used) <= len(self.ids):
+            where = {group: k for k, group in enumerate(self.ids)}
+            index = torch.tensor([where[group] for group in used], device=self.kv[0][0].device)
+            self.kv = [(key[index], value[index]) for key, value in self.kv]
+            self.bias = None if self.bias is None else self.bias[index]
+            self.ids = used
+        where = {group: k for k, group in enumerate(self.ids)}
+        groups = [where[group] for group in groups]
+        slots, counts = [], Counter[int]()
+        for group in groups:
+            slots.append(counts[group])
+            counts[group] += 1
+        self.groups = len(self.ids)
+        self.width = max(counts.values())
+        self.grid: torch.Tensor | None = None  # None: row k reads group k, or all read group 0
+        if groups != list(range(self.groups)) and self.groups > 1:
+            self.grid = torch.tensor(
+                [g * self.width + s for g, s in zip(groups, slots, strict=True)],
+                device=self.kv[0][0].device,
+            )
+        self.row_bias = None
+        if self.bias is not None:
+            rows = torch.tensor(groups, device=self.bias.device)
+            self.row_bias = self.bias[rows][:, None, None, :]
+
+    def scores(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """``q`` ``[rows, kv_heads, group, dim]`` against this part's keys: ``[..., tokens]``."""
+        keys = self.kv[layer][0].transpose(-1, -2)
+        rows, heads, per, dim = q.shape
+        if self.groups == 1:  # every row reads one copy: all queries in one matmul
+            flat = q.transpose(0, 1).reshape(1, heads, rows * per, dim)
+            out = (flat @ keys).view(heads, rows, per, -1).transpose(0, 1)
+        elif self.grid is None:  # row k reads group k
+            out = q @ keys
+        else:
+            grid = q.new_zeros(self.groups * self.width, heads, per, dim)
+            grid[self.grid] = q
+            grid = self._side_by_side(grid, dim)
+            out = self._back(grid @ keys, per)
+        return out if self.row_bias is None else out + self.row_bias
+
+    def values(self, layer: int, weights: torch.Tensor) -> torch.Tensor:
+        """Attention ``weights`` ``[rows, kv_heads, group, tokens]`` over this part's values."""
+        values = self.kv[layer][1]
+        rows, heads, per, tokens = weights.shape
+        if self.groups == 1:
+            flat = weights.transpose(0, 1).reshape(1, heads, rows * per, tokens)
+            return (flat @ values).view(heads, rows, per, -1).transpose(0, 1)
+        if self.grid is None:
+            return weights @ values
+        grid = weights.new_zeros(self.groups * self.width, heads, per, tokens)
+        grid[self.grid] = weights
+        return self._back(self._side_by_side(grid, tokens) @ values, per)
+
+    def _side_by_side(self, grid: torch.Tensor, last: int) -> torch.Tensor:
+        """``[groups * width, heads, per, last]`` -> ``[groups, heads, width * per, last]``."""
+        heads, per = grid.shape[1], grid.shape[2]
+        grid = grid.view(self.groups, self.width, heads, per, last).transpose(1, 2)
+        return grid.reshape(self.groups, heads, self.width * per, last)
+
+    def _back(self, out: torch.Tensor, per: int) -> torch.Tensor:
+        """Inverse of :meth:`_side_by_side`, then each row's own slot."""
+        heads, last = out.shape[1], out.shape[-1]
+        out = out.view(self.groups, heads, self.width, per, last).transpose(1, 2)
+        return out.reshape(self.groups * self.width, heads, per, last)[self.grid]
+
+
+class _Cascade:
+    """The decode loop's KV cache, and the attention over it (see the module docstring).
+
+    Passed to the model as its attention mask, so every attention layer finds
+    it; :func:`_cascade_attention` hands each layer's query, key and value here.
+    """
+
+    def __init__(self, prefix: KV | None, rests: list[KV | None], lengths: list[int]) -> None:
+        self._prefix_kv = prefix
+        self._rests_kv: KV | None = None
+        self._rests_bias: torch.Tensor | None = None
+        width = max(lengths)
+        if width:
+            sample = next(rest for rest in rests if rest is not None)
+            _, heads, _, dim = sample[0][0].shape
+            like = sample[0][0]
+            keys = [like.new_zeros(len(rests), heads, width, dim) for _ in sample]
+            values = [like.new_zeros(len(rests), heads, width, dim) for _ in sample]
+            for p, rest in enumerate(rests):
+                if rest is not None:
+                    for layer, (key, value) in enumerate(rest):
+                        keys[layer][p, :, : lengths[p]] = key[0]
+                        values[layer][p, :, : lengths[p]] = value[0]
+            self._rests_kv = list(zip(keys, values, strict=True))
+            bias = torch.zeros(len(rests), width, dtype=torch.float32, device=like.device)
+            for p, length in enumerate(lengths):
+                bias[p, length:] = float("-inf")
+            self._rests_bias = bias.to(like.dtype)
+        self.parts: list[_Part] = []
+        self.generated: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        self.step = 0
+
+    def start(self, adapters: list[int], prompts: list[int], max_new_tokens: int) -> None:
+        """Rows read prefix ``adapters[r]`` and rest ``prompts[r]``; up to ``max_new_tokens``."""
+        self._adapters, self._prompts = adapters, prompts
+        if self._prefix_kv is not None:
+            self.parts.append(_Part(self._prefix_kv, None, adapters))
+        if self._rests_kv is not None:
+            self.parts.append(_Part(self._rests_kv, self._rests_bias, prompts))
+        self.capacity = max_new_tokens
+        self.generated = []
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only batch rows ``rows`` go on decoding: drop the others' caches."""
+        kept = rows.tolist()
+        self._adapters = [self._adapters[k] for k in kept]
+        self._prompts = [self._prompts[k] for k in kept]
+        groups = [self._adapters, self._prompts]
+        parts = iter(self.parts)
+        if self._prefix_kv is not None:
+            next(parts).regroup(groups[0])
+        if self._rests_kv is not None:
+            next(parts).regroup(groups[1])
+        filled = self.step + 1
+        for layer, pair in enumerate(self.generated):
+            if pair is None:
+                continue
+            key, value = pair
+            new_key = key.new_empty(len(kept), *key.shape[1:])
+            new_value = value.new_empty(len(kept), *value.shape[1:])
+            new_key[:, :, :filled] = key[rows, :, :filled]
+            new_value[:, :, :filled] = value[rows, :, :filled]
+            self.generated[layer] = (new_key, new_value)
+
+    def attend(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        scaling: float | None,
+    ) -> torch.Tensor:
+        """Attention output ``[rows, 1, heads, dim]`` of one decode step of ``layer``."""
+        rows, heads, _, dim = query.shape
+        kv_heads = key.shape[1]
+        while len(self.generated) <= layer:
+            self.generated.append(None)
+        if self.generated[layer] is None:
+            shape = (rows, kv_heads, self.capacity, dim)
+            self.generated[layer] = (key.new_empty(shape), value.new_empty(shape))
+        own_keys, own_values = self.generated[layer]  # type: ignore[misc]
+        t = self.step
+        own_keys[:, :, t] = key[:, :, 0]
+        own_values[:, :, t] = value[:, :, 0]
+        scale = dim**-0.5 if scaling is None else scaling
+        q = (query * scale).reshape(rows, kv_heads, heads // kv_heads, dim)
+        scores = [part.scores(layer, q) for part in self.parts]
+        scores.append(q @ own_keys[:, :, : t + 1].transpose(-1, -2))
+        joined = torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]
+        weights = joined.softmax(dim=-1, dtype=torch.float32).to(value.dtype)
+        pieces = weights.split([part.length for part in self.parts] + [t + 1], dim=-1)
+        out = pieces[-1] @ own_values[:, :, : t + 1]
+        for part, piece in zip(self.parts, pieces, strict=False):
+            out = out + part.values(layer, piece)
+        return out.reshape(rows, 1, heads, dim)
+
+
+def _cascade_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention interface, for the decode loop: the mask is the cache."""
+    if not isinstance(attention_mask, _Cascade):
+        raise TypeError("the cascade attention runs only inside LocalBackend's decode loop")
+    return attention_mask.attend(module.layer_idx, query, key, value, scaling), None
+
+
+AttentionInterface.register(CASCADE, _cascade_attention)
+
+
+def _cascade_supported(model: PreTrainedModel) -> bool:
+    """Whether the decode loop can drive ``model``: Qwen2-family, every layer full attention."""
+    config = model.config
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+    return config.model_type == "qwen2" and all(t == "full_attention" for t in layer_types)
+
+
+def _buckets(lengths: list[int], call_cost: int) -> list[list[int]]:
+    """Indices of ``lengths`` cut into right-padded batches of least total cost.
+
+    A batch costs its rows times its longest row, plus ``call_cost``; sorted
+    longest first, the best cut is a dynamic programme over where batches start.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    best = [0] + [0] * len(order)  # best[j]: cost of the first j rows
+    start = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        best[j], start[j] = min(
+            (best[i] + (j - i) * lengths[order[i]] + call_cost, i) for i in range(j)
+        )
+    cuts, j = [], len(order)
+    while j:
+        cuts.append(order[start[j] : j])
+        j = start[j]
+    return cuts[::-1]
+
+
+def _cat(first: KV, second: KV) -> KV:
+    return [
+        (torch.cat([k1, k2], dim=2), torch.cat([v1, v2], dim=2))
+        for (k1, v1), (k2, v2) in zip(first, second, strict=True)
+    ]
+
+
+class _Chooser:
+    """The next token of each row, as ``generate`` with :meth:`LocalBackend._processors` picks it.
+
+    Greedy rows take the argmax; sampled rows go through temperature and
+    top-p, then the seeded inverse-CDF draw of :class:`_SeededSampler` (the
+    same uniforms from the same per-row generators), without writing the
+    one-hot scores back for an argmax to read.
+    """
+
+    def __init__(self, sampling: Sampling, seeds: Sequence[int | None]) -> None:
+        self.greedy = sampling.temperature == 0
+        self.temperature = sampling.temperature
+        self.top_p = TopPLogitsWarper(sampling.top_p) if sampling.top_p < 1.0 else None
+        self.generators = [None if s is None else torch.Generator().manual_seed(s) for s in seeds]
+
+    def choose(self, scores: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """Token per row of ``scores``; its row ``k`` is original row ``rows[k]``.
+
+        A row whose grammar allows one token (a fixed phrase, a closing fence:
+        most of a wrapped-up policy answer) takes it without the sort and the
+        two passes over the vocabulary: temperature, top-p and the draw all
+        keep that token whatever the uniform. Its uniform is still drawn, so
+        every row's generator advances as in the reference.
+        """
+        if self.greedy:
+            return scores.argmax(dim=-1)
+        uniforms = torch.cat(
+            [torch.rand(1, generator=self.generators[r], dtype=torch.float64) for r in rows]
+        ).to(scores.device)
+        chosen = scores.argmax(dim=-1)
+        free = (torch.isfinite(scores).sum(dim=-1) != 1).nonzero().squeeze(1)
+        if len(free) == 0:
+            return chosen
+        if len(free) < len(scores):
+            scores, uniforms = scores[free], uniforms[free]
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(None, scores)  # type: ignore[arg-type]
+        chosen[free] = _draw(scores, uniforms)
+        return chosen
+
+
+def _draw(scores: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The first token whose CDF exceeds ``u`` (zero-probability tokens never do), per row."""
+    cdf = scores.double().softmax(dim=-1).cumsum(dim=-1)
+    chosen = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), right=True)
+    return chosen.clamp_(max=scores.shape[-1] - 1).squeeze(1)
+
+
 class _SeededSampler(LogitsProcessor):
     """Samples each row with its own generator, then leaves only that token for argmax.
 
@@ -495,10 +1101,7 @@ class _SeededSampler(LogitsProcessor):
         uniforms = torch.cat(
             [torch.rand(1, generator=g, dtype=torch.float64) for g in self._generators]
         ).to(scores.device)
-        cdf = scores.double().softmax(dim=-1).cumsum(dim=-1)
-        # The first token whose CDF exceeds u; zero-probability tokens never do.
-        chosen = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), right=True)
-        chosen = chosen.clamp_(max=scores.shape[-1] - 1)
+        chosen = _draw(scores, uniforms).unsqueeze(1)
         only = torch.full_like(scores, float("-inf"))
         return only.scatter_(1, chosen, 0.0)
 
