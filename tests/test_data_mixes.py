@@ -146,7 +146,7 @@ def test_textui_pages_are_cut_to_the_policy_budget(sources: dict[str, Any]) -> N
 
 
 def test_empty_mixes_are_errors_and_missing_teachers_are_counted(
-    sources: dict[str, Any],
+    sources: dict[str, Any], tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match="unknown mix 'captions'"):
         build_mix("captions", sources)
@@ -155,6 +155,9 @@ def test_empty_mixes_are_errors_and_missing_teachers_are_counted(
     assert counts["element_function/no_teacher"] == 1
     with pytest.raises(ValueError, match="mix 'rollback' is empty"):
         build_mix("rollback", {"tasks": None})
+    (tmp_path / "rollback.jsonl").write_text("", encoding="utf-8")  # a search found none
+    assert build_mix("rollback", {"trajectories_dir": str(tmp_path)}, counts=counts) == []
+    assert counts["rollback/empty_source"] == 1
     with pytest.raises(ValueError, match="unknown mix 'capton'"):
         bad = [{"path": "x.json", "format": "sft", "mix": "capton"}]
         build_mix("valuable", {**sources, "external": bad})

@@ -92,10 +92,13 @@ def build_mix(
     prebuilt = (data_cfg.get("train_files") or {}).get(name)
     if prebuilt:
         examples = list(read_chat_jsonl(prebuilt))
+        local["empty_source"] += not examples
     else:
         examples = _BUILDERS[name](data_cfg, teacher, model_cfg, local)
     examples += _external_examples(name, data_cfg, local)
-    if not examples and not local["no_teacher"]:
+    # Empty without a source is a configuration error; an empty source file (a search that
+    # found no rollback) is data: counted, and the stage fails only if all its mixes are empty.
+    if not examples and not local["no_teacher"] and not local["empty_source"]:
         raise ValueError(
             f"mix {name!r} is empty: set data.train_files.{name}, add a data.external entry "
             f"with mix: {name}, or give it sources (see websynthesis.data.mixes)"
@@ -207,7 +210,9 @@ def _trajectories(name: str) -> Builder:
         data_cfg: Any, teacher: ModelClient | None, model_cfg: Any, counts: Counter[str]
     ) -> list[ChatExample]:
         folder = data_cfg.get("trajectories_dir")
-        return list(read_chat_jsonl(Path(folder) / f"{name}.jsonl")) if folder else []
+        found = list(read_chat_jsonl(Path(folder) / f"{name}.jsonl")) if folder else []
+        counts["empty_source"] += bool(folder) and not found  # a search that found none
+        return found
 
     return build
 
