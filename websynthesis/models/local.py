@@ -667,13 +667,7 @@ class LocalBackend:
         Each row keeps at least its last token out of the prefix: ``generate``
         needs one uncached token per row to produce the first new token from.
         """
-        if not self.share_prefix:
-            return 0
-        prompts = [item.prompt for item in chunk]
-        limit = min(len(p) for p in prompts) - 1
-        columns = enumerate(zip(*prompts, strict=False))  # lengths differ: up to the shortest
-        length = next((k for k, col in columns if k == limit or len(set(col)) > 1), limit)
-        return length if length >= self.share_prefix_min_tokens else 0
+        return self._common_prefix([item.prompt[:-1] for item in chunk])
 
     @contextlib.contextmanager
     def _adapters_for(self, names: list[str]) -> Iterator[list[str] | None]:
