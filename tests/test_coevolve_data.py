@@ -169,6 +169,22 @@ def test_a_round_without_accepted_trajectories_keeps_the_last_policy(tmp_path: P
     assert run._model_overrides(1)[0] == f"model.adapters.policy={tmp_path}/round_0/policy/adapter"
 
 
+def test_warm_started_rounds_continue_the_last_rounds_adapter(tmp_path: Path) -> None:
+    warm = {"models": ["world_model"], "world_model": ["curriculum.stages.0.max_steps=5"]}
+    run = CoEvolution(coevolve_cfg(paths={"output_dir": str(tmp_path)}, warm_start=warm))
+    assert run._warm_start(1, "world_model") == []  # nothing trained yet: from scratch
+    (tmp_path / "round_0/world_model/adapter").mkdir(parents=True)
+    (tmp_path / "round_0/policy/adapter").mkdir(parents=True)
+    assert run._warm_start(0, "world_model") == []  # round 0 always starts fresh
+    assert run._warm_start(2, "world_model") == [  # round 1 trained none: the newest one
+        f"init_adapter={tmp_path}/round_0/world_model/adapter",
+        "curriculum.stages.0.max_steps=5",
+    ]
+    assert run._warm_start(1, "policy") == []  # not listed: retrained from scratch
+    with pytest.raises(ValueError, match=r"warm_start\.models"):
+        CoEvolution(coevolve_cfg(warm_start={"models": ["judge"]}))
+
+
 def test_the_coevolve_config_composes_with_its_schema() -> None:
     register_configs()
     GlobalHydra.instance().clear()

@@ -142,6 +142,33 @@ def test_websynthesis_carries_the_adapter_into_stage_two(data, tmp_path: Path) -
 
 
 @pytest.mark.slow
+def test_init_adapter_is_where_the_first_stage_starts(
+    data, tmp_path: Path, adapters: dict[str, str]
+) -> None:
+    # A co-evolution round continuing the last round's model: with lr 0 the stage ends
+    # where it started, i.e. at the given adapter (its rank 4, not lora.r), not a new LoRA.
+    train(
+        "+experiment=textui_warmup",
+        "logger=none",
+        "trainer.max_steps=2",
+        "curriculum.stages.0.lr=0",
+        f"init_adapter={adapters['policy']}",
+        *FAST,
+        *data[:3],
+        f"hydra.run.dir={tmp_path}",
+    )
+    start, final = adapter(Path(adapters["policy"])), adapter(tmp_path / "adapter")
+    assert start.keys() == final.keys()
+    assert all(torch.equal(start[k], final[k]) for k in start)
+    missing = subprocess.run(
+        command("+experiment=textui_warmup", f"init_adapter={tmp_path / 'nowhere'}",
+                *data[:3], f"hydra.run.dir={tmp_path / 'missing'}"),
+        cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "init_adapter=" in missing.stderr
+
+
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_checkpoint(data, tmp_path: Path) -> None:
     overrides = (
         "+experiment=websynthesis",

@@ -309,7 +309,9 @@ class SynthesizeConfig(_JobConfig):
 @dataclass
 class TrainConfig(_JobConfig):
     """train.py: ``ckpt_path`` resumes the first unfinished stage (else its ``last.ckpt``);
-    ``teacher`` is an optional backend (``_target_``) handed to the data builders."""
+    ``init_adapter`` (a PEFT adapter dir) is where the first stage starts instead of a new
+    LoRA (its own rank and targets win over ``lora``); ``teacher`` is an optional backend
+    (``_target_``) handed to the data builders."""
 
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -320,6 +322,7 @@ class TrainConfig(_JobConfig):
     gradient_checkpointing: bool = True
     checkpoint_every_n_steps: int = 50
     ckpt_path: str | None = None
+    init_adapter: str | None = None
     teacher: Any = None
 
 
@@ -392,6 +395,17 @@ class ImagineSettings:
 
 
 @dataclass
+class WarmStart:
+    """Models (``policy``, ``world_model``) that rounds after the first continue training from
+    the previous round's adapter instead of a new LoRA, each with extra overrides of its
+    warm-started job (a shorter schedule: it starts where the last round ended)."""
+
+    models: list[str] = field(default_factory=list)
+    policy: list[str] = field(default_factory=list)
+    world_model: list[str] = field(default_factory=list)
+
+
+@dataclass
 class StageOverrides:
     """Hydra overrides of the co-evolution's stage jobs: ``common`` for all of them, ``env``
     for those in the environment (search, sample, evaluate, imagine), then per stage."""
@@ -414,6 +428,7 @@ class CoevolveConfig:
     are searched and sampled, ``eval_seeds`` (disjoint, checked) only evaluated.
     ``mcts``: round 0 searches the training instances live (else it is the baseline alone);
     ``search_trajectories``: the round-0 search's kinds the policy learns from.
+    ``warm_start``: which models later rounds continue rather than retrain from scratch.
     ``overrides`` are Hydra overrides of the stage jobs (train.py, synthesize.py and
     evaluate.py configs).
     """
@@ -432,6 +447,7 @@ class CoevolveConfig:
     mcts: bool = True
     search_trajectories: list[str] = field(default_factory=lambda: ["valuable", "rollback"])
     imagine: ImagineSettings = field(default_factory=ImagineSettings)
+    warm_start: WarmStart = field(default_factory=WarmStart)
     overrides: StageOverrides = field(default_factory=StageOverrides)
 
 

@@ -10,7 +10,9 @@ environment's reward), and trains on what the search found. Each later round ``r
 2. keeps the accepted episodes (the environment's reward; WebArena's evaluators);
 3. ``policy``: fine-tunes the policy on every accepted trajectory so far (MCTS-found ones
    included) plus the imagined ones accepted in earlier rounds;
-4. ``world_model``: fine-tunes the world model on every real transition so far;
+4. ``world_model``: fine-tunes the world model on every real transition so far (both
+   trainings start from scratch, or, for the models in ``warm_start.models``, continue the
+   previous round's adapter with ``warm_start.<model>``'s overrides: a shorter schedule);
 5. ``imagine``: plays the queries the agent failed in this round again with the new world
    model as the web server (:mod:`websynthesis.evolution.imagine`, at most 7 steps), keeps
    what the judge accepts for the next round's policy data;
@@ -69,6 +71,9 @@ class CoEvolution:
             raise ValueError(f"seeds {sorted(train & held_out)} are both training and held-out")
         if not cfg.tasks:
             raise ValueError("tasks must name the environment's tasks")
+        unknown = set(cfg.warm_start.models) - {"policy", "world_model"}
+        if unknown:
+            raise ValueError(f"warm_start.models: {sorted(unknown)} (policy, world_model only)")
         self.cfg = cfg
         self.out = Path(cfg.paths.output_dir)
         self.state_path = self.out / "state.json"
@@ -134,6 +139,15 @@ class CoEvolution:
                 return str(path)
         return None
 
+    def _warm_start(self, round_index: int, stage: str) -> list[str]:
+        """A later round's training job continues the last round's adapter when ``stage`` is
+        warm-started (with its own overrides); none trained yet: it starts from scratch."""
+        warm = self.cfg.warm_start
+        previous = self._adapter(round_index - 1, stage) if round_index else None
+        if stage not in warm.models or previous is None:
+            return []
+        return [f"init_adapter={previous}", *warm[stage]]
+
     def _model_overrides(self, round_index: int) -> list[str]:
         """The policy and world-model adapters trained in round ``round_index``."""
         policy = self._adapter(round_index, "policy")
@@ -197,6 +211,7 @@ class CoEvolution:
         overrides = [
             f"+data.train_files.trajectories={data / 'policy.jsonl'}",
             *self.cfg.overrides.policy,
+            *self._warm_start(round_index, "policy"),
         ]
         train.run(self._job("train", out, overrides))
 
@@ -204,7 +219,11 @@ class CoEvolution:
         from websynthesis.pipelines import train
 
         files = ",".join(str(path) for path in self._real_transitions(round_index))
-        overrides = [f"data.transitions=[{files}]", *self.cfg.overrides.world_model]
+        overrides = [
+            f"data.transitions=[{files}]",
+            *self.cfg.overrides.world_model,
+            *self._warm_start(round_index, "world_model"),
+        ]
         train.run(self._job("train", out, overrides))
 
     def _imagine(self, round_index: int, out: Path) -> None:

@@ -46,6 +46,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     pending = [run for run in runs if not run.is_done()]
     records: dict[str, Any] = {}
     if pending:
+        init = cfg.get("init_adapter")
+        if init is not None and not (Path(init) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"init_adapter={init}: no PEFT adapter (adapter_config.json)")
         mixes = MixSource(cfg)
         examples = {run.name: mixes.stage(run.config) for run in pending}
         atomic_write_json(out / "data_stats.json", dict(sorted(mixes.counts.items())))

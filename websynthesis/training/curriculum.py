@@ -126,7 +126,9 @@ def run_curriculum(
             log.info("stage %s: done earlier, skipped", run.name)
             continue
         if model is None:
-            previous = runs[run.index - 1].adapter if run.index > 0 else None
+            # A later stage continues the previous stage's adapter; the first one continues
+            # init_adapter (a co-evolution round warm-starting from the last round) if set.
+            previous = runs[run.index - 1].adapter if run.index > 0 else cfg.get("init_adapter")
             model = attach_lora(
                 base,
                 lora,
