@@ -57,9 +57,10 @@ def main() -> int:
         sys.executable, "-m", "websynthesis.coevolve", f"+evidence={args.profile}",
         f"hydra.run.dir={out}", *args.overrides,
     ]  # fmt: skip
+    before = _stages_done(out)
     started = time.monotonic()
     subprocess.run(command, cwd=ROOT, check=True)
-    wall = _add_wall_time(out, time.monotonic() - started)
+    wall = _add_wall_time(out, time.monotonic() - started, worked=_stages_done(out) != before)
 
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     stem = report_path.stem
@@ -88,10 +89,18 @@ def main() -> int:
     return 1 if args.strict and failed else 0
 
 
-def _add_wall_time(out: Path, seconds: float) -> float:
-    """The run's wall time over every session that worked on it (a resumed run adds up)."""
+def _stages_done(out: Path) -> list[str]:
+    path = out / "state.json"
+    return json.loads(path.read_text())["done"] if path.is_file() else []
+
+
+def _add_wall_time(out: Path, seconds: float, *, worked: bool) -> float:
+    """The run's wall time over every session that worked on it (a resumed run adds up;
+    rewriting the report of a finished run adds nothing)."""
     path = out / "wall_time.json"
     sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
+    if not worked:
+        return sum(sessions)
     sessions.append(round(seconds, 1))
     atomic_write_json(path, {"sessions": sessions, "total_s": round(sum(sessions), 1)})
     return sum(sessions)
