@@ -2,6 +2,7 @@
 
     python bench/bench_synthesis.py                   # all CPU parts (tiny model; ~3 min)
     python bench/bench_synthesis.py throughput [--trees 32] [--threads 1] [--cascade both]
+        [--in-flight 2] [--max-batch 128]   # the batched search's wave shape
     python bench/bench_synthesis.py overhead [--iterations 4000]
     python bench/bench_synthesis.py --gpu             # random Qwen2.5-7B on CUDA, 64 trees
 
@@ -22,6 +23,9 @@ pass ``--threads 1``: a preempted intra-op thread stalls every wide op at its ba
 ``--cascade both`` runs (a) twice on one loaded model, with :class:`LocalBackend`'s own
 decode loop (``cascade_decode``) on, then off (transformers' ``generate``), and prints
 both ratios and the decode loop's speed-up side by side (``on``/``off``: one of them).
+``--in-flight`` runs several iterations of each batched tree at once (virtual loss: wider
+waves, trees no longer identical to the one-at-a-time ones, the same budget) and
+``--max-batch`` caps the requests of one backend batch.
 
 (b) **overhead**: the search core's own cost per node is ``bench/bench_search.py overhead``
 (target <= 1 ms per node), reused here; next to it, the whole web layer's (prompt rendering,
@@ -192,7 +196,12 @@ def raw_throughput(model: Backend, requests: list[GenerationRequest], batch: int
 
 def throughput(args: argparse.Namespace, model: Backend, overrides: list[str]) -> dict[str, Any]:
     work = tasks(args.trees)
-    batched_cfg = compose_config(*overrides, f"search.concurrent_trees={args.trees}")
+    batched_cfg = compose_config(
+        *overrides,
+        f"search.concurrent_trees={args.trees}",
+        f"search.in_flight_per_tree={args.in_flight}",
+        f"search.max_batch_size={args.max_batch}",
+    )
     report: dict[str, Any] = {"trees": args.trees}
     if args.baseline:
         one_cfg = compose_config(*overrides, "search.concurrent_trees=1", "search.batch=false")
@@ -319,6 +328,15 @@ def main() -> None:
         help="also search one at a time (default: on, off with --gpu)",
     )
     parser.add_argument("--iterations", type=int, default=4000, help="overhead: nodes")
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=1,
+        help="batched search: iterations in flight per tree (virtual loss; 1: same trees)",
+    )
+    parser.add_argument(
+        "--max-batch", type=int, default=64, help="batched search: requests per backend batch"
+    )
     parser.add_argument(
         "--threads",
         type=int,
