@@ -158,6 +158,8 @@ def test_init_adapter_is_where_the_first_stage_starts(
         f"hydra.run.dir={tmp_path}",
     )
     start, final = adapter(Path(adapters["policy"])), adapter(tmp_path / "adapter")
+    done = json.loads((tmp_path / "stages" / "1-textui" / "done.json").read_text())
+    assert done["started_from"] == adapters["policy"]
     assert start.keys() == final.keys()
     assert all(torch.equal(start[k], final[k]) for k in start)
     missing = subprocess.run(

@@ -125,10 +125,10 @@ def run_curriculum(
         if run.is_done():
             log.info("stage %s: done earlier, skipped", run.name)
             continue
+        # A later stage continues the previous stage's adapter; the first one continues
+        # init_adapter (a co-evolution round warm-starting from the last round) if set.
+        previous = runs[run.index - 1].adapter if run.index > 0 else cfg.get("init_adapter")
         if model is None:
-            # A later stage continues the previous stage's adapter; the first one continues
-            # init_adapter (a co-evolution round warm-starting from the last round) if set.
-            previous = runs[run.index - 1].adapter if run.index > 0 else cfg.get("init_adapter")
             model = attach_lora(
                 base,
                 lora,
@@ -166,6 +166,7 @@ def run_curriculum(
             "global_step": trainer.global_step,
             "started_at_step": module.start_step,
             "resumed_from": ckpt,
+            "started_from": None if previous is None else str(previous),
             "val_loss": val[0].get(f"{run.name}/val/loss"),
             "packing": datamodule.packing,
             "data": stats,
