@@ -190,3 +190,21 @@ def test_a_checkpoint_of_another_adapter_is_refused(tiny_model_path, tokenizer, 
     other = make_module(tiny_model_path, total_steps=2, lora=LoraConfig(target_modules=["q_proj"]))
     with pytest.raises(ValueError, match=r"not the .* of this adapter"):
         fit(other, tokenizer, tmp_path, 2, ckpt=tmp_path / "last.ckpt")
+
+
+def test_the_order_data_arrives_in_changes_nothing(tokenizer) -> None:
+    """Synthesis appends trees as they finish: the same examples in another order must give
+    the same split and the same batches (hence the same adapter)."""
+    shuffled = EXAMPLES[::-1][8:] + EXAMPLES[::-1][:8]
+    loaded = []
+    for examples in (EXAMPLES, shuffled):
+        data = ChatDataModule(
+            examples, tokenizer, max_length=128, batch_tokens=256, val_fraction=0.2, seed=0
+        )
+        data.setup()
+        loaded.append(data)
+    first, second = loaded
+    assert first.train_batches == second.train_batches
+    assert [s.input_ids for s in first.val_set] == [s.input_ids for s in second.val_set]
+    for a, b in zip(first.train_set or [], second.train_set or [], strict=True):
+        assert a.input_ids == b.input_ids and a.labels == b.labels

@@ -9,6 +9,8 @@ by task, so steps of one trajectory never land on both sides.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -28,6 +30,23 @@ from websynthesis.training.collate import (
     plan_batches,
 )
 from websynthesis.training.tokenize import Tokenized, TokenizeStats, tokenize_examples
+
+
+def canonical_order(examples: Sequence[ChatExample]) -> list[ChatExample]:
+    """``examples`` in an order fixed by their content alone.
+
+    Why: synthesis and evaluation append trajectories as trees and episodes finish, so two
+    runs over the same data write it in different orders; sorting by a digest of each
+    example makes the split, the batches and hence the trained adapter depend on the data
+    and the seed only.
+    """
+
+    def digest(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    # What is trained on first; metadata (task ids for the split) breaks ties.
+    return sorted(examples, key=lambda e: (digest(e.messages), digest(e.meta)))
 
 
 def split_examples(
@@ -98,7 +117,8 @@ class ChatDataModule(pl.LightningDataModule):
         """Split, scale and tokenize once (idempotent: the curriculum calls it early)."""
         if self.train_set is not None:
             return
-        train, val = split_examples(self.examples, self.val_fraction, self.seed)
+        examples = canonical_order(self.examples)
+        train, val = split_examples(examples, self.val_fraction, self.seed)
         train = subsample(train, self.scale, self.seed)
         options: dict[str, Any] = {"max_length": self.max_length, "mask_history": self.mask_history}
         self.train_set, self.stats["train"] = tokenize_examples(self.tokenizer, train, **options)
