@@ -196,11 +196,11 @@ def raw_throughput(model: Backend, requests: list[GenerationRequest], batch: int
 
 def throughput(args: argparse.Namespace, model: Backend, overrides: list[str]) -> dict[str, Any]:
     work = tasks(args.trees)
+    shape = {"in_flight_per_tree": args.in_flight, "max_batch_size": args.max_batch}
     batched_cfg = compose_config(
         *overrides,
         f"search.concurrent_trees={args.trees}",
-        f"search.in_flight_per_tree={args.in_flight}",
-        f"search.max_batch_size={args.max_batch}",
+        *(f"search.{key}={value}" for key, value in shape.items() if value is not None),
     )
     report: dict[str, Any] = {"trees": args.trees}
     if args.baseline:
@@ -331,11 +331,10 @@ def main() -> None:
     parser.add_argument(
         "--in-flight",
         type=int,
-        default=1,
-        help="batched search: iterations in flight per tree (virtual loss; 1: same trees)",
+        help="batched search: iterations in flight per tree (default: search config's, 1)",
     )
     parser.add_argument(
-        "--max-batch", type=int, default=64, help="batched search: requests per backend batch"
+        "--max-batch", type=int, help="batched search: requests per backend batch (default: 64)"
     )
     parser.add_argument(
         "--threads",

@@ -278,11 +278,17 @@ def ask_with_system(text: str, model: str | None = None, **kwargs: object) -> Ge
     )
 
 
-def without_sharing(
-    backend: LocalBackend, requests: list[GenerationRequest], monkeypatch: pytest.MonkeyPatch
+def generate_with(
+    backend: LocalBackend,
+    requests: list[GenerationRequest],
+    monkeypatch: pytest.MonkeyPatch,
+    **attributes: object,
 ) -> list[Generation]:
+    """``requests`` answered with ``backend``'s ``attributes`` set for this call only (a
+    fast path switched off: the reference it must equal)."""
     with monkeypatch.context() as patch:
-        patch.setattr(backend, "share_prefix", False)
+        for name, value in attributes.items():
+            patch.setattr(backend, name, value)
         return generate(backend, requests)
 
 
@@ -303,7 +309,7 @@ def test_shared_prefix_greedy_equals_unshared(
 ) -> None:
     requests = [ask_with_system(p) for p in PROMPTS]  # different lengths after one system prompt
     shared = texts(generate(backend, requests))
-    assert shared == texts(without_sharing(backend, requests, monkeypatch))
+    assert shared == texts(generate_with(backend, requests, monkeypatch, share_prefix=False))
     assert shared == [texts(generate(backend, [r]))[0] for r in requests]
     assert len({t[0] for t in shared}) == len(PROMPTS)
 
@@ -312,10 +318,12 @@ def test_shared_prefix_with_n_samples_equals_unshared(
     backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     greedy = [ask_with_system(p, n=3) for p in PROMPTS]
-    assert texts(generate(backend, greedy)) == texts(without_sharing(backend, greedy, monkeypatch))
+    assert texts(generate(backend, greedy)) == texts(
+        generate_with(backend, greedy, monkeypatch, share_prefix=False)
+    )
     seeded = [ask_with_system(p, n=3, temperature=1.0, seed=i) for i, p in enumerate(PROMPTS)]
     sampled = texts(generate(backend, seeded))
-    assert sampled == texts(without_sharing(backend, seeded, monkeypatch))
+    assert sampled == texts(generate_with(backend, seeded, monkeypatch, share_prefix=False))
     assert all(len(set(samples)) > 1 for samples in sampled)  # really sampled
 
 
@@ -328,7 +336,7 @@ def test_shared_prefix_with_grammars_equals_unshared(
         for i, p in enumerate(PROMPTS)
     ]
     shared = texts(generate(backend, requests))
-    assert shared == texts(without_sharing(backend, requests, monkeypatch))
+    assert shared == texts(generate_with(backend, requests, monkeypatch, share_prefix=False))
 
 
 def test_shared_prefix_in_a_mixed_adapter_chunk(
@@ -341,7 +349,7 @@ def test_shared_prefix_in_a_mixed_adapter_chunk(
         shared = texts(generate(lora_backend, requests))
     finally:
         handle.remove()
-    assert shared == texts(without_sharing(lora_backend, requests, monkeypatch))
+    assert shared == texts(generate_with(lora_backend, requests, monkeypatch, share_prefix=False))
     assert shared == [texts(generate(lora_backend, [r]))[0] for r in requests]
     # The prefix ran once per adapter present (policy, base, world_model), then the suffixes.
     prefills = [shape for shape in shapes if shape[1] > 1]
@@ -392,5 +400,5 @@ def test_identical_prompts_need_no_suffix_prefill(
     finally:
         handle.remove()
     assert [shape for shape in shapes if shape[1] > 1] == [(1, shapes[0][1])]  # one prefill
-    assert shared == texts(without_sharing(backend, requests, monkeypatch))
+    assert shared == texts(generate_with(backend, requests, monkeypatch, share_prefix=False))
     assert shared[1] == shared[0] * 2

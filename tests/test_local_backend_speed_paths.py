@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_local_backend import generate_with, record_prefills, texts
 
 from websynthesis.models import local
 from websynthesis.models.grammar import (
@@ -59,30 +60,6 @@ def request(
     )
 
 
-def texts(results: list[Generation]) -> list[list[str]]:
-    assert all(r.ok for r in results), [r.error for r in results]
-    return [r.texts for r in results]
-
-
-def reference(
-    backend: LocalBackend, requests: list[GenerationRequest], monkeypatch: pytest.MonkeyPatch
-) -> list[Generation]:
-    with monkeypatch.context() as patch:
-        patch.setattr(backend, "cascade_decode", False)
-        return generate(backend, requests)
-
-
-def decode_shapes(backend: LocalBackend) -> tuple[list[tuple[int, int]], object]:
-    """Shapes of every forward of the decoder stack."""
-    shapes: list[tuple[int, int]] = []
-
-    def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        shapes.append(tuple(kwargs["input_ids"].shape))
-
-    decoder = backend.model.get_base_model().model
-    return shapes, decoder.register_forward_pre_hook(record, with_kwargs=True)
-
-
 def test_mixed_batch_equals_generate(
     backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,7 +74,7 @@ def test_mixed_batch_equals_generate(
         request(0, 0),  # a duplicate prompt shares everything
     ]
     fast = texts(generate(backend, requests))
-    assert fast == texts(reference(backend, requests, monkeypatch))
+    assert fast == texts(generate_with(backend, requests, monkeypatch, cascade_decode=False))
     assert fast == [texts(generate(backend, [r]))[0] for r in requests]
     assert fast[0] == fast[5]
 
@@ -107,7 +84,7 @@ def test_shared_branches_are_prefilled_once(
 ) -> None:
     """Below the chunk prefix, a task shared by several prompts runs once, then the endings."""
     requests = [request(task, ending) for task in (0, 1) for ending in range(3)]
-    shapes, handle = decode_shapes(backend)
+    shapes, handle = record_prefills(backend)
     try:
         fast = texts(generate(backend, requests))
     finally:
@@ -120,7 +97,7 @@ def test_shared_branches_are_prefilled_once(
     assert prefills[0][0] == 1
     assert sum(rows * width for rows, width in prefills) < 0.5 * len(requests) * len(prompt)
     assert sum(rows for rows, _ in prefills[1:]) == 2 + len(requests)  # 2 branches, 6 leaves
-    assert fast == texts(reference(backend, requests, monkeypatch))
+    assert fast == texts(generate_with(backend, requests, monkeypatch, cascade_decode=False))
     with monkeypatch.context() as patch:
         patch.setattr(backend, "share_prefix", False)
         assert texts(generate(backend, requests)) == fast
@@ -140,9 +117,9 @@ def test_finished_rows_leave_the_batch_without_changing_outputs(
         request(1, 2, "policy", grammar=medium, seed=7, **same),
         request(1, 3, grammar=score_grammar(), n=2, seed=1, **same),
     ]
-    expected = texts(reference(backend, requests, monkeypatch))
+    expected = texts(generate_with(backend, requests, monkeypatch, cascade_decode=False))
     monkeypatch.setattr(local, "COMPACT_WHEN", compact_when)
-    shapes, handle = decode_shapes(backend)
+    shapes, handle = record_prefills(backend)
     try:
         results = generate(backend, requests)
     finally:

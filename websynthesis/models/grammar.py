@@ -310,11 +310,12 @@ class GrammarLogitsProcessor(LogitsProcessor):
         if finisher is not None and not finisher.accept_token(token):
             self._finishers[row] = None
 
-    def _wrap_up(self, row: int, tokens_left: int) -> None:
-        """Narrow ``row`` to its wrap-up rule once its budget is down to that rule's reserve."""
+    def _ready_finisher(self, row: int, tokens_left: int) -> xgr.GrammarMatcher | None:
+        """``row``'s wrap-up matcher once its budget is down to that rule's reserve (started
+        now if need be), or ``None`` while the row is not to be narrowed."""
         constraint = self._constraints[row]
-        if constraint.wrap_up is None or tokens_left > constraint.reserve:
-            return
+        if constraint is None or constraint.wrap_up is None or tokens_left > constraint.reserve:
+            return None
         finisher = self._finishers[row]
         if finisher is None:
             finisher = xgr.GrammarMatcher(constraint.wrap_up)
@@ -322,7 +323,14 @@ class GrammarLogitsProcessor(LogitsProcessor):
             # in free text, not inside a field of the answer that happens to allow its letters.
             probe = self._matchers[row].fork()
             if not probe.accept_string(finisher.find_jump_forward_string()):
-                return
+                return None
+        return finisher
+
+    def _wrap_up(self, row: int, tokens_left: int) -> None:
+        """Narrow ``row`` to its wrap-up rule once its budget is down to that rule's reserve."""
+        finisher = self._ready_finisher(row, tokens_left)
+        if finisher is None:
+            return
         finisher.fill_next_token_bitmask(self._scratch, 0)
         narrowed = self._bitmask[row] & self._scratch[0]
         if bool(narrowed.any()):
@@ -475,19 +483,11 @@ class BatchGrammarMasks(GrammarLogitsProcessor):
 
     def _wrap_up_rows(self, rows: Sequence[int], tokens_left: int) -> None:
         """The parent's ``_wrap_up`` for ``rows`` at once: one fill, one AND, one check."""
-        ready: list[tuple[int, xgr.GrammarMatcher]] = []
-        for row in rows:
-            constraint = self._constraints[row]
-            if constraint is None or constraint.wrap_up is None or tokens_left > constraint.reserve:
-                continue
-            finisher = self._finishers[row]
-            if finisher is None:
-                finisher = xgr.GrammarMatcher(constraint.wrap_up)
-                # As in the parent: only where the full grammar could take the rule's opening.
-                probe = self._matchers[row].fork()
-                if not probe.accept_string(finisher.find_jump_forward_string()):
-                    continue
-            ready.append((row, finisher))
+        ready = [
+            (row, finisher)
+            for row in rows
+            if (finisher := self._ready_finisher(row, tokens_left)) is not None
+        ]
         if not ready:
             return
         if self._wrap_scratch is None:

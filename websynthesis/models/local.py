@@ -198,10 +198,16 @@ class LocalBackend:
     ) -> None:
         path = resolve_model_path(str(model_path))
         base = load_model(path, dtype=dtype, attn_implementation=attn_implementation, device=device)
-        self._setup(path, base, load_tokenizer(path), adapters, max_batch_size)
-        self.share_prefix = share_prefix
-        self.share_prefix_min_tokens = share_prefix_min_tokens
-        self.cascade_decode = cascade_decode
+        self._setup(
+            path,
+            base,
+            load_tokenizer(path),
+            adapters,
+            max_batch_size,
+            share_prefix=share_prefix,
+            share_prefix_min_tokens=share_prefix_min_tokens,
+            cascade_decode=cascade_decode,
+        )
 
     @classmethod
     def from_model(
@@ -225,10 +231,16 @@ class LocalBackend:
         backend's attention (restored after each batch).
         """
         backend = cls.__new__(cls)
-        backend._setup(name, model, tokenizer, adapters, max_batch_size)
-        backend.share_prefix = share_prefix
-        backend.share_prefix_min_tokens = share_prefix_min_tokens
-        backend.cascade_decode = cascade_decode
+        backend._setup(
+            name,
+            model,
+            tokenizer,
+            adapters,
+            max_batch_size,
+            share_prefix=share_prefix,
+            share_prefix_min_tokens=share_prefix_min_tokens,
+            cascade_decode=cascade_decode,
+        )
         return backend
 
     def _setup(
@@ -238,6 +250,10 @@ class LocalBackend:
         tokenizer: PreTrainedTokenizerBase,
         adapters: Mapping[str, str | None] | None,
         max_batch_size: int,
+        *,
+        share_prefix: bool,
+        share_prefix_min_tokens: int,
+        cascade_decode: bool,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -246,10 +262,10 @@ class LocalBackend:
         self.model_path = model_path
         self.adapters = {name: str(path) for name, path in (adapters or {}).items() if path}
         self.max_batch_size = max_batch_size
-        # Public and mutable: the benchmark flips sharing on and off on one loaded model.
-        self.share_prefix = True
-        self.share_prefix_min_tokens = 32
-        self.cascade_decode = True
+        # Public and mutable: the benchmark flips these on and off on one loaded model.
+        self.share_prefix = share_prefix
+        self.share_prefix_min_tokens = share_prefix_min_tokens
+        self.cascade_decode = cascade_decode
         self.tokenizer = tokenizer
         self.stop_token_ids = _stop_token_ids(base, self.tokenizer.eos_token_id)
         # Sampling is the request's alone: no top_k / repetition penalty from the checkpoint.
@@ -389,11 +405,8 @@ class LocalBackend:
             for item in chunk
         ]
         adapters = list(dict.fromkeys(item.adapter for item in chunk))
-        row_items = [item for item, n in zip(chunk, ns, strict=True) for _ in range(n)]
+        row_items, sample_index = self._rows(chunk, ns)
         row_prompts = [p for p, n in zip(prompt_of_item, ns, strict=True) for _ in range(n)]
-        sample_index = [j for n in ns for j in range(n)]
-        self.stats.generate_calls += 1
-        self.stats.rows += len(row_items)
         with self._adapters_for([item.adapter for item in chunk]) as mixed:
             cascade = self._prefill_tree(
                 [(adapter, list(body)) for adapter, body in distinct],
@@ -639,13 +652,10 @@ class LocalBackend:
         )
         ns = [item.request.sampling.n for item in chunk]
         rows = torch.repeat_interleave(torch.arange(len(chunk)), torch.tensor(ns)).to(self.device)
-        row_items = [item for item, n in zip(chunk, ns, strict=True) for _ in range(n)]
-        sample_index = [j for n in ns for j in range(n)]
+        row_items, sample_index = self._rows(chunk, ns)
         with self._adapters_for([item.adapter for item in chunk]) as mixed:
             cache = self._prefill(input_ids[:, :-1], attention_mask[:, :-1], mixed, shared)
             cache.batch_select_indices(rows)
-            self.stats.generate_calls += 1
-            self.stats.rows += len(row_items)
             output = self.model.generate(
                 input_ids=input_ids[rows],
                 attention_mask=attention_mask[rows],
@@ -660,6 +670,13 @@ class LocalBackend:
                 **({"adapter_names": [mixed[i] for i in rows.tolist()]} if mixed else {}),
             )
         return self._collect(chunk, ns, output[:, input_ids.shape[1] :].tolist())
+
+    def _rows(self, chunk: list[_Item], ns: list[int]) -> tuple[list[_Item], list[int]]:
+        """Each decode row's request and sample index (``n`` rows per request); counted."""
+        row_items = [item for item, n in zip(chunk, ns, strict=True) for _ in range(n)]
+        self.stats.generate_calls += 1
+        self.stats.rows += len(row_items)
+        return row_items, [j for n in ns for j in range(n)]
 
     def _shared_prefix_length(self, chunk: list[_Item]) -> int:
         """Tokens every prompt of ``chunk`` opens with, or 0 when too few to be worth a call.
