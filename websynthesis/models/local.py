@@ -5,9 +5,11 @@ world model): a request's ``model`` names its adapter, ``None`` the base.
 
 How a batch of requests becomes model calls:
 
-* Requests are rendered with the model's chat template (generation prompt on),
-  checked one by one (unknown adapter, grammar that does not compile, prompt
-  too long...: that request's ``error``), then grouped by what a decode loop
+* Requests are rendered with the model's chat template (generation prompt on)
+  and tokenized piece by piece, a piece seen before not again
+  (:class:`~websynthesis.models.prompt_tokens.PromptTokenizer`), checked one
+  by one (unknown adapter, grammar that does not compile, prompt too long...:
+  that request's ``error``), then grouped by what a decode loop
   fixes: temperature, top_p and max_new_tokens. Adapters, seeds, ``n`` and
   grammars may differ inside a group; seeds and grammars are per row.
 * A group is sorted by adapter and prompt, so requests that open alike (one
@@ -95,6 +97,7 @@ from websynthesis.models.grammar import (
     GrammarLogitsProcessor,
 )
 from websynthesis.models.loading import load_model, load_tokenizer, resolve_model_path
+from websynthesis.models.prompt_tokens import PromptTokenizer
 from websynthesis.models.types import Generation, GenerationRequest, Sampling, derive_seed
 
 log = logging.getLogger(__name__)
@@ -267,6 +270,7 @@ class LocalBackend:
         self.share_prefix_min_tokens = share_prefix_min_tokens
         self.cascade_decode = cascade_decode
         self.tokenizer = tokenizer
+        self._prompt_ids = PromptTokenizer(tokenizer)
         self.stop_token_ids = _stop_token_ids(base, self.tokenizer.eos_token_id)
         # Sampling is the request's alone: no top_k / repetition penalty from the checkpoint.
         base.generation_config = GenerationConfig(
@@ -342,9 +346,7 @@ class LocalBackend:
             known = ", ".join(sorted(self.adapters)) or "none"
             raise _Rejected("not_found", f"unknown adapter {request.model!r} (loaded: {known})")
         try:
-            prompt = self.tokenizer.apply_chat_template(
-                list(request.messages), add_generation_prompt=True, tokenize=True, return_dict=False
-            )
+            prompt = self._prompt_ids(request.messages)
         except Exception as error:  # a template may raise on roles or content it refuses
             raise _Rejected("bad_request", f"chat template: {error}") from None
         if len(prompt) + s.max_new_tokens > self.context_length:
