@@ -229,7 +229,9 @@ def test_multirun_gives_each_job_its_run_dir_and_wandb_run(data, tmp_path: Path)
     assert [p.name for p in jobs] == ["0", "1"]
     for job in jobs:
         assert (job / "adapter" / "adapter_model.safetensors").is_file()
-        assert len(list((job / "wandb").glob("offline-run-*"))) == 1
+        (run,) = (job / "wandb").glob("offline-run-*/run-*.wandb")
+        # Each job's W&B run is named after its sweep job, not all after the experiment.
+        assert f"bc_valuable-{job.name}".encode() in run.read_bytes()
     kept = [
         json.loads((job / "stages" / "1-bc" / "done.json").read_text())["data"]["train"]["kept"]
         for job in jobs

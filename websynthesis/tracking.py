@@ -3,9 +3,11 @@
 W&B runs online only when a key is configured (``WANDB_API_KEY`` or a
 ``wandb login`` entry in ``~/.netrc``) and offline otherwise, so a fresh
 machine never blocks on a login prompt; offline runs sync later with
-``wandb sync``. The config sent to a logger is the resolved job config, which
-holds no secrets by construction (keys are read from environment variables
-whose names are configured).
+``wandb sync``. In a multirun each job's W&B run is named after its sweep
+job number (``train-0``, ``train-1``...), as its run directory is. The config
+sent to a logger is the resolved job config, which holds no secrets by
+construction (keys are read from environment variables whose names are
+configured).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
@@ -36,10 +40,25 @@ def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
         if not isinstance(conf, DictConfig) or "_target_" not in conf:
             raise ValueError(f"logger.{name} needs a _target_")
         overrides: dict[str, Any] = {}
-        if conf.get("_target_", "").endswith("WandbLogger") and conf.get("offline") is None:
-            overrides["offline"] = not wandb_key_configured()
+        if conf.get("_target_", "").endswith("WandbLogger"):
+            if conf.get("offline") is None:
+                overrides["offline"] = not wandb_key_configured()
+            if (job := _sweep_job_number()) is not None:
+                overrides["name"] = f"{conf.get('name') or 'run'}-{job}"
         loggers.append(hydra.utils.instantiate(conf, **overrides))
     return loggers
+
+
+def _sweep_job_number() -> int | None:
+    """This job's number in a Hydra multirun (its sweep subdirectory), else ``None``.
+
+    Why: every job of a sweep composes the same ``name``; W&B would list them all
+    under one name, told apart only by their configs.
+    """
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
 def log_job_config(loggers: list[Logger], cfg: DictConfig) -> None:
