@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from websynthesis.models.cache import CachedBackend
 from websynthesis.models.grammar import action_grammar
 from websynthesis.models.loading import choose_attn_implementation, resolve_model_path
-from websynthesis.models.local import LocalBackend, _SeededSampler
+from websynthesis.models.local import LocalBackend, _SeededSampler, adapter_digest
 from websynthesis.models.types import (
     Backend,
     Generation,
@@ -65,6 +67,29 @@ def test_is_a_backend(backend: LocalBackend) -> None:
     assert backend.tokenizer.padding_side == "left"
     assert backend.tokenizer.pad_token_id != backend.tokenizer.eos_token_id
     assert backend.cache_identity["kind"] == "local"
+
+
+def test_an_adapter_retrained_in_place_is_not_answered_from_the_cache(
+    tiny_path: Path, adapters: dict[str, str], tmp_path: Path
+) -> None:
+    here = tmp_path / "policy"
+    shutil.copytree(adapters["policy"], here)
+    request = ask("Hi.", model="policy", temperature=1.0, seed=3)
+
+    def answer(adapter: Path) -> Generation:
+        local = LocalBackend(str(tiny_path), adapters={"policy": str(adapter)})
+        return generate(CachedBackend(local, tmp_path / "cache.sqlite"), [request])[0]
+
+    first = answer(here)
+    assert not first.cached
+    assert answer(here).cached  # the same weights: replayed
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(here, moved)
+    assert answer(moved).cached  # the same weights under another path: replayed too
+    shutil.rmtree(here)
+    shutil.copytree(adapters["world_model"], here)  # retrained where the old one was
+    assert adapter_digest(here) != adapter_digest(moved)
+    assert not answer(here).cached
 
 
 def test_loading_choices_on_cpu(tiny_path: Path) -> None:

@@ -26,9 +26,10 @@ Rules:
   new, and replayed exactly from then on).
 * **The backend identity** comes from the ``identity`` argument, else from the
   inner backend's ``cache_identity`` attribute (a JSON-able value). There is no
-  silent default: two different local models must not share answers. Weights
-  that change under the same name (an adapter retrained in place) need a new
-  identity or adapter name, or an emptied cache.
+  silent default: two different local models must not share answers. The
+  local backend names its adapters by the digest of their files, so an adapter
+  retrained in place is a new identity; a base model changed in place needs a
+  new identity or an emptied cache.
 
 Hits return ``Generation(cached=True)`` with zero token counts, since nothing
 was spent; a partly cached request reports the tokens of its new samples only.

@@ -67,12 +67,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -282,6 +284,9 @@ class LocalBackend:
         self._cascade_supported = _cascade_supported(base)
         if not self._cascade_supported:
             log.info("%s: no cascade decode for this model; decoding with generate", model_path)
+        self._adapter_digests = {
+            name: adapter_digest(path) for name, path in sorted(self.adapters.items())
+        }
         self.model = _with_adapters(base, self.adapters)
         self.device = base.device
         self.stats = LocalStats()
@@ -292,9 +297,13 @@ class LocalBackend:
 
     @property
     def cache_identity(self) -> dict[str, Any]:
-        """What makes this backend's answers differ from another's (see ``cache.py``)."""
-        adapters = dict(sorted(self.adapters.items()))
-        return {"kind": "local", "model": self.model_path, "adapters": adapters}
+        """What makes this backend's answers differ from another's (see ``cache.py``).
+
+        Adapters by the digest of their files as loaded, not their paths:
+        co-evolution and retraining write new weights where the old ones were, and a
+        cache keyed by path would answer with the old adapter's samples.
+        """
+        return {"kind": "local", "model": self.model_path, "adapters": self._adapter_digests}
 
     @cached_property
     def grammars(self) -> GrammarCompiler:
@@ -1117,6 +1126,21 @@ class _SeededSampler(LogitsProcessor):
         chosen = _draw(scores, uniforms).unsqueeze(1)
         only = torch.full_like(scores, float("-inf"))
         return only.scatter_(1, chosen, 0.0)
+
+
+def adapter_digest(path: str | Path) -> str:
+    """SHA-256 of a PEFT adapter directory's files (config and weights), names included;
+    a Hub id (no such directory) stands for itself."""
+    if not Path(path).is_dir():
+        return str(path)
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).iterdir()):
+        if file.is_file() and file.name.startswith("adapter_"):
+            digest.update(file.name.encode() + b"\0")
+            with file.open("rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _stop_token_ids(model: PreTrainedModel, eos_token_id: int | None) -> list[int]:
