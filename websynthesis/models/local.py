@@ -71,7 +71,7 @@ import hashlib
 import logging
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -1069,7 +1069,7 @@ class _Chooser:
         self.greedy = sampling.temperature == 0
         self.temperature = sampling.temperature
         self.top_p = TopPLogitsWarper(sampling.top_p) if sampling.top_p < 1.0 else None
-        self.generators = [None if s is None else torch.Generator().manual_seed(s) for s in seeds]
+        self._uniforms = _RowUniforms(seeds)
 
     def choose(self, scores: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
         """Token per row of ``scores``; its row ``k`` is original row ``rows[k]``.
@@ -1082,9 +1082,7 @@ class _Chooser:
         """
         if self.greedy:
             return scores.argmax(dim=-1)
-        uniforms = torch.cat(
-            [torch.rand(1, generator=self.generators[r], dtype=torch.float64) for r in rows]
-        ).to(scores.device)
+        uniforms = self._uniforms.draw(rows).to(scores.device)
         chosen = scores.argmax(dim=-1)
         free = (torch.isfinite(scores).sum(dim=-1) != 1).nonzero().squeeze(1)
         if len(free) == 0:
@@ -1097,6 +1095,24 @@ class _Chooser:
             scores = self.top_p(None, scores)  # type: ignore[arg-type]
         chosen[free] = _draw(scores, uniforms)
         return chosen
+
+
+class _RowUniforms:
+    """One CPU generator per row, seeded by the row's seed (``None``: torch's global one).
+
+    Why per row: a row's samples then depend on its seed alone, not on the batch it
+    shares; both decode paths (:class:`_Chooser`, :class:`_SeededSampler`) draw here,
+    so they take the same uniforms.
+    """
+
+    def __init__(self, seeds: Sequence[int | None]) -> None:
+        self._generators = [None if s is None else torch.Generator().manual_seed(s) for s in seeds]
+
+    def draw(self, rows: Iterable[int]) -> torch.Tensor:
+        """One float64 uniform for each of ``rows``, advancing only their generators."""
+        return torch.cat(
+            [torch.rand(1, generator=self._generators[r], dtype=torch.float64) for r in rows]
+        )
 
 
 def _draw(scores: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -1117,12 +1133,10 @@ class _SeededSampler(LogitsProcessor):
     """
 
     def __init__(self, seeds: Sequence[int | None]) -> None:
-        self._generators = [None if s is None else torch.Generator().manual_seed(s) for s in seeds]
+        self._uniforms = _RowUniforms(seeds)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        uniforms = torch.cat(
-            [torch.rand(1, generator=g, dtype=torch.float64) for g in self._generators]
-        ).to(scores.device)
+        uniforms = self._uniforms.draw(range(len(scores))).to(scores.device)
         chosen = _draw(scores, uniforms).unsqueeze(1)
         only = torch.full_like(scores, float("-inf"))
         return only.scatter_(1, chosen, 0.0)
