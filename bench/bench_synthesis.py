@@ -309,19 +309,13 @@ def print_throughput(label: str, result: dict[str, Any]) -> None:
     print(f"search tokens/s over raw batched tokens/s: {result['search_over_raw']:.0%}")
 
 
-def cascade_speedup(results: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Expansions/s with the decode loop over without it, per search mode and thread count."""
-    speedups = {}
-    for label, off in results.items():
-        if label.startswith("cascade off"):
-            on = results[label.replace("cascade off", "cascade on")]
-            for name, row in on.items():
-                if isinstance(row, dict):
-                    threads = label.split(", ")[1]
-                    speedups[f"{name}, {threads}"] = (
-                        row["expansions_per_s"] / off[name]["expansions_per_s"]
-                    )
-    return speedups
+def cascade_speedup(on: dict[str, Any], off: dict[str, Any]) -> dict[str, float]:
+    """Expansions/s with the decode loop over without it, per search mode measured."""
+    return {
+        name: row["expansions_per_s"] / off[name]["expansions_per_s"]
+        for name, row in on.items()
+        if isinstance(row, dict)
+    }
 
 
 def best_ratio(results: dict[str, dict[str, Any]]) -> float:
@@ -382,21 +376,25 @@ def main() -> None:
         model = random_7b() if args.gpu else instantiate(cfg.model.backend)
         asyncio.run(model.agenerate([GenerationRequest(({"role": "user", "content": "hi"},))]))
         settings = {"on": [True], "off": [False], "both": [True, False]}[args.cascade]
-        results = {}
+        results, speedups = {}, {}
         for threads in args.threads:
             if threads:
                 torch.set_num_threads(threads)
+            at = f"{torch.get_num_threads()} threads"
+            by_cascade = {}
             for cascade in settings:
                 model.cascade_decode = cascade  # type: ignore[attr-defined]
-                label = f"cascade {'on' if cascade else 'off'}, {torch.get_num_threads()} threads"
-                results[label] = throughput(args, model, overrides)
+                label = f"cascade {'on' if cascade else 'off'}, {at}"
+                results[label] = by_cascade[cascade] = throughput(args, model, overrides)
                 print_throughput(label, results[label])
+            if len(by_cascade) == 2:
+                for name, speedup in cascade_speedup(by_cascade[True], by_cascade[False]).items():
+                    speedups[f"{name}, {at}"] = speedup
+                    print(f"cascade on / off, {name}, {at}, expansions/s: {speedup:.2f}x")
         model.close()
         report["throughput"] = results
-        if args.cascade == "both":
-            report["cascade_speedup"] = cascade_speedup(results)
-            for name, speedup in report["cascade_speedup"].items():
-                print(f"cascade on / off, {name} expansions/s: {speedup:.2f}x")
+        if speedups:
+            report["cascade_speedup"] = speedups
         if args.baseline and len(args.threads) > 1:
             report["best_ratio"] = best_ratio(results)
             print(f"best batched / best one at a time: {report['best_ratio']:.1f}x")
