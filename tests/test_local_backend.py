@@ -37,14 +37,18 @@ def tiny_path(tiny_model_path: Path) -> Path:
     return tiny_model_path
 
 
+# The backends that tests compare path against path (batched against one by one, shared
+# prefix against unshared) run in float64: in float32 the paths take kernels whose rounding
+# differs by ~1e-6 and depends on the CPU (AVX2, AVX-512, AMX), enough to flip a near-tied
+# greedy token on some machine; in float64 a tie would need logits equal to ~1e-15.
 @pytest.fixture(scope="module")
 def backend(tiny_path: Path) -> LocalBackend:
-    return LocalBackend(str(tiny_path))
+    return LocalBackend(str(tiny_path), dtype="float64")
 
 
 @pytest.fixture(scope="module")
 def lora_backend(tiny_path: Path, adapters: dict[str, str]) -> LocalBackend:
-    return LocalBackend(str(tiny_path), adapters={**adapters, "untrained": None})
+    return LocalBackend(str(tiny_path), adapters={**adapters, "untrained": None}, dtype="float64")
 
 
 def ask(text: str, model: str | None = None, grammar: str | None = None, **sampling: object):

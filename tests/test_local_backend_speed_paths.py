@@ -42,7 +42,9 @@ ENDINGS = ["Step 1.", "Step 2, after a click.", "Step 3, after typing the name."
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_path: Path, adapters: dict[str, str]) -> LocalBackend:
-    return LocalBackend(str(tiny_model_path), adapters=adapters)
+    """In float64, so exact token equality between paths holds on any CPU's kernels (see
+    test_local_backend's fixtures)."""
+    return LocalBackend(str(tiny_model_path), adapters=adapters, dtype="float64")
 
 
 def request(
@@ -302,10 +304,11 @@ def dense_attention(
 def test_cascade_attention_equals_dense_attention(adapters: int) -> None:
     """Prefix per adapter, padded rests per prompt, own tokens per row; rows then dropped."""
     torch.manual_seed(0)
+    f64 = torch.float64  # compares the merged softmax with SDPA's, not two kernels' rounding
     heads, kv_heads, dim, steps = 4, 2, 8, 5
     lengths = [3, 0, 7, 5]  # a prompt may have nothing past the chunk prefix
-    prefix = torch.randn(adapters, kv_heads, 6, dim)
-    rests = [torch.randn(1, kv_heads, length, dim) for length in lengths]
+    prefix = torch.randn(adapters, kv_heads, 6, dim, dtype=f64)
+    rests = [torch.randn(1, kv_heads, length, dim, dtype=f64) for length in lengths]
     row_adapter = [0, adapters - 1, 0, adapters - 1, 0, 0, adapters - 1]
     row_prompt = [0, 0, 1, 2, 2, 2, 3]  # uneven groups: the grid path
     cascade = _Cascade(
@@ -318,8 +321,8 @@ def test_cascade_attention_equals_dense_attention(adapters: int) -> None:
     own: dict[int, torch.Tensor] = {}
     for step in range(steps):
         cascade.step = step
-        q = torch.randn(len(rows), heads, 1, dim)
-        k = torch.randn(len(rows), kv_heads, 1, dim)
+        q = torch.randn(len(rows), heads, 1, dim, dtype=f64)
+        k = torch.randn(len(rows), kv_heads, 1, dim, dtype=f64)
         got = cascade.attend(0, q, k, k * 2, None)
         for i, r in enumerate(rows):
             own[r] = k[i : i + 1] if step == 0 else torch.cat([own[r], k[i : i + 1]], dim=2)

@@ -21,6 +21,13 @@ from websynthesis.training.module import LoraModule, attach_lora
 from websynthesis.training.tokenize import IGNORE_INDEX
 
 PAD = 0
+# Packed and separate forwards are compared in float64: in float32 the two take different
+# kernels (one long sequence against several short ones, chosen per CPU: AVX2, AVX-512, AMX)
+# whose rounding differs by ~1e-5, so a float32 bound there is a bound on the kernel, not on
+# packing. In float64 any correct kernel agrees to ~1e-12, while a real leak between packed
+# sequences moves logits by ~1e-3 or more (test_with_a_cache_packed_sequences_leak_into_each_
+# other): EXACT sits six orders of magnitude under the leak and three over float64 rounding.
+EXACT = 1e-9
 
 
 def features(lengths: list[int], seed: int = 0) -> list[dict[str, list[int]]]:
@@ -35,7 +42,7 @@ def features(lengths: list[int], seed: int = 0) -> list[dict[str, list[int]]]:
 
 @pytest.fixture(scope="module")
 def model(tiny_model_path: Path):
-    return load_model(str(tiny_model_path), attn_implementation="sdpa", device="cpu")
+    return load_model(str(tiny_model_path), attn_implementation="sdpa", device="cpu").double()
 
 
 def test_packed_batch_layout() -> None:
@@ -68,9 +75,10 @@ def test_packed_logits_equal_separate_sequences(model) -> None:
         padded_logits = model(
             input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], use_cache=False
         ).logits
-    assert (logits[0] - torch.cat(alone)).abs().max() < 1e-5
+    assert logits.dtype == torch.float64
+    assert (logits[0] - torch.cat(alone)).abs().max() < EXACT
     for row, (single, length) in enumerate(zip(alone, [7, 12, 5, 9], strict=True)):
-        assert (padded_logits[row, :length] - single).abs().max() < 1e-5
+        assert (padded_logits[row, :length] - single).abs().max() < EXACT
 
 
 def test_with_a_cache_packed_sequences_leak_into_each_other(model) -> None:
@@ -86,7 +94,7 @@ def test_with_a_cache_packed_sequences_leak_into_each_other(model) -> None:
 
 def test_the_module_forward_packs_exactly_even_if_the_config_caches(tiny_model_path) -> None:
     base = load_model(str(tiny_model_path), attn_implementation="sdpa", device="cpu")
-    peft_model = attach_lora(base, LoraConfig(dropout=0.0), gradient_checkpointing=False)
+    peft_model = attach_lora(base, LoraConfig(dropout=0.0), gradient_checkpointing=False).double()
     base.config.use_cache = True
     module = LoraModule(peft_model, OptimConfig(), total_steps=1).eval()
     rows = features([6, 10])
@@ -94,7 +102,8 @@ def test_the_module_forward_packs_exactly_even_if_the_config_caches(tiny_model_p
     with torch.no_grad():
         logits = module(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits
         alone = [module(input_ids=torch.tensor([r["input_ids"]])).logits[0] for r in rows]
-    assert (logits[0] - torch.cat(alone)).abs().max() < 1e-5
+    assert logits.dtype == torch.float64
+    assert (logits[0] - torch.cat(alone)).abs().max() < EXACT
 
 
 @pytest.mark.parametrize("packing", [True, False])

@@ -996,7 +996,10 @@ class _Cascade:
         scores = [part.scores(layer, q) for part in self.parts]
         scores.append(q @ own_keys[:, :, : t + 1].transpose(-1, -2))
         joined = torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]
-        weights = joined.softmax(dim=-1, dtype=torch.float32).to(value.dtype)
+        # The softmax in float32 at least (half precision upcast, as eager attention does);
+        # float64 stays float64.
+        upcast = torch.promote_types(joined.dtype, torch.float32)
+        weights = joined.softmax(dim=-1, dtype=upcast).to(value.dtype)
         pieces = weights.split([part.length for part in self.parts] + [t + 1], dim=-1)
         out = pieces[-1] @ own_values[:, :, : t + 1]
         for part, piece in zip(self.parts, pieces, strict=False):
