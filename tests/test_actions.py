@@ -302,7 +302,7 @@ def test_stop_rejects(text: str, reason: Reason) -> None:
     [
         ("", Reason.EMPTY),
         ("   \n\t", Reason.EMPTY),
-        ("select_option [3] [x]", Reason.UNKNOWN_VERB),
+        ("fill [3] [x]", Reason.UNKNOWN_VERB),
         ("wait", Reason.UNKNOWN_VERB),
         ("[12] click", Reason.UNKNOWN_VERB),
         ("```click [12]```", Reason.UNKNOWN_VERB),
@@ -372,7 +372,7 @@ def test_construction_canonicalises() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "reason"),
     [
-        ({"kind": "select_option"}, Reason.UNKNOWN_VERB),
+        ({"kind": "fill"}, Reason.UNKNOWN_VERB),
         ({"kind": K.CLICK}, Reason.MISSING_TARGET),
         ({"kind": K.CLICK, "target": 12}, Reason.MISSING_TARGET),
         ({"kind": K.CLICK, "target": "Submit"}, Reason.BAD_TARGET),

@@ -18,7 +18,8 @@ import pytest
 from websynthesis.config import EnvConfig
 from websynthesis.env.base import EnvError, Observation
 from websynthesis.env.browsergym_env import BrowserGymEnv, make_env
-from websynthesis.web.actions import Action, ActionKind, parse_action
+from websynthesis.web.action_sets import action_set
+from websynthesis.web.actions import Action, ActionKind, listed_options, parse_action
 from websynthesis.web.observation import parse_axtree
 
 pytestmark = [
@@ -172,3 +173,30 @@ def test_hung_browser_times_out_is_killed_and_replaced() -> None:
         assert result.done and "timed out" in (result.error or "")
         assert dies_within(hung, seconds=5)  # killed with its worker
         assert victim.reset("click-button", seed=0).text == observation.text
+
+
+def test_choose_list_is_solved_by_selecting_the_option_directly(
+    env: BrowserGymEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``select_option`` on a ``<select>`` (BrowserGym's call), in MiniWoB++'s declared set;
+    an undeclared verb is refused as the agent's error without touching the page."""
+    monkeypatch.setattr(
+        env, "actions", action_set(["click", "type", "press", "select_option", "stop"])
+    )
+    observation = env.reset("choose-list", seed=4)
+    wanted = re.fullmatch(r"Select (.+) from the list and click Submit\.", observation.goal)
+    assert wanted, observation.goal
+    combobox = element(observation, "combobox")
+    assert wanted.group(1) in listed_options(observation.tree.get(combobox))
+
+    refused = env.step(parse_action("go_back"))
+    assert refused.error is None and not refused.done
+    assert "undeclared_action" in (refused.observation.last_action_error or "")
+    assert refused.observation.text == observation.text
+
+    selected = env.step(parse_action(f"select_option [{combobox}] [{wanted.group(1)}]"))
+    assert selected.observation.last_action_error is None and not selected.done
+    assert_canonical(selected.observation)
+    submit = element(selected.observation, "button", "Submit")
+    submitted = env.step(parse_action(f"click [{submit}]"))
+    assert (submitted.reward, submitted.done, submitted.error) == (1.0, True, None)

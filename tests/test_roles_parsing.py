@@ -74,7 +74,7 @@ def test_policy_invalid_action_keeps_the_decision_and_the_reason(action: str, re
         ("I would click the link.", Failure.NO_ACTION, "no_answer_phrase"),
         (f"{ANSWER_PHRASE} ```click [21]", Failure.NO_ACTION, "unclosed_fence"),
         (answer("click [Submit]"), Failure.UNPARSABLE_ACTION, "bad_target"),
-        (answer("select_option [3] [x]"), Failure.UNPARSABLE_ACTION, "unknown_verb"),
+        (answer("fill [3] [x]"), Failure.UNPARSABLE_ACTION, "unknown_verb"),
     ],
 )
 def test_policy_failures_are_typed(text: str, failure: Failure, reason: str) -> None:

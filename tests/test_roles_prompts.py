@@ -86,9 +86,12 @@ def section(content: str, title: str) -> str:
 
 
 def test_policy_system_prompt_teaches_the_real_grammar_and_format() -> None:
-    system = policy_messages(PolicyInput("x", HOME))[0]["content"]
+    every = frozenset(ActionKind)
+    system = policy_messages(PolicyInput("x", HOME, actions=every))[0]["content"]
     for kind in ActionKind:  # every verb of websynthesis.web.actions, written as it parses
         assert f"`{kind.value}" in system, kind
+    webarena = policy_messages(PolicyInput("x", HOME))[0]["content"]  # the default set
+    assert "`select_option" not in webarena and "`tab_focus" in webarena
     assert "[id] role 'name'" in system and "property: value" in system
     assert "one tab deeper" in system and "Tab 0 (current)" in system
     assert f'"{ANSWER_PHRASE} ```<action>```"' in system and "Let's think step-by-step." in system

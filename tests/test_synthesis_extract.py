@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,13 @@ from websynthesis.search import (
 )
 from websynthesis.synthesis import Extractor, Goal, WebState
 from websynthesis.synthesis.extract import Extracted
-from websynthesis.web.actions import Action, extract_thought_and_action, format_response
+from websynthesis.web.action_sets import WEBARENA_ACTIONS
+from websynthesis.web.actions import (
+    Action,
+    ActionKind,
+    extract_thought_and_action,
+    format_response,
+)
 from websynthesis.web.actions import parse_action as act
 from websynthesis.web.observation import parse_axtree
 
@@ -128,6 +135,17 @@ def test_rollback_per_step_bounds_the_pairs_and_zero_turns_them_off() -> None:
     backend = Website()
     result = searched(backend)
     assert extract(backend, result, rollback_per_step=0).rollback == []
+
+
+def test_an_environment_without_go_back_gets_no_rollbacks_and_no_reflection_calls() -> None:
+    backend = Website()
+    result = searched(backend)
+    before = len(backend.requests("reflection"))
+    one_page = replace(goal(), actions=WEBARENA_ACTIONS - {ActionKind.GO_BACK})
+    out = asyncio.run(Extractor(make_client(backend), imagined=True).extract(result, one_page))
+    assert out.rollback == [] and len(backend.requests("reflection")) == before
+    assert out.dropped["rollback/skipped_go_back_undeclared"] >= 1
+    assert len(out.valuable) == 2  # the valuable path does not need go_back
 
 
 def test_transitions_are_the_pages_the_world_model_wrote_flagged_imagined(run: Run) -> None:

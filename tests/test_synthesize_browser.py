@@ -84,7 +84,11 @@ def test_one_tree_per_instance_searched_on_the_real_page(browser_run: Path) -> N
     for record in records(browser_run):
         task = record["task_id"].split("@")[0]
         assert record["skipped"] is None and record["tree"] is not None
-        assert record["goal"] == {"objective": INSTRUCTIONS[task], "allowed_sites": []}
+        assert record["goal"] == {
+            "objective": INSTRUCTIONS[task],
+            "allowed_sites": [],
+            "action_set": ["click", "type", "press", "stop", "select_option"],  # env=miniwob's
+        }
         root, *nodes = record["tree"]["nodes"]
         assert root["state"]["observation"].startswith(f"Tab 0 (current): {PAGES[task]}\n")
         assert "file://" in root["state"]["observation"] and nodes

@@ -241,6 +241,9 @@ class EnvConfig:
     episode. ``pool_size`` browsers run episodes in parallel. ``miniwob_url``: the base URL
     of a MiniWoB++ server (``null``: the pages of the ``miniwob`` package, as ``file://``).
     ``site_urls``: WebArena site -> base URL (browsergym-webarena's ``WA_*`` conventions).
+    ``actions``: the environment's declared action set, the verbs its pages take
+    (:mod:`websynthesis.web.action_sets`; empty: WebArena's twelve). The policy's prompt,
+    grammar and validation, the browser's refusals and the recorded data follow it.
     """
 
     name: str = MISSING
@@ -253,6 +256,8 @@ class EnvConfig:
     pool_size: int = 1
     miniwob_url: str | None = None
     site_urls: dict[str, str] = field(default_factory=dict)
+    # The verbs its pages take (websynthesis.web.action_sets); [] = WebArena's twelve.
+    actions: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -347,11 +352,14 @@ class EvalConfig:
     reported for each ``k`` in ``k`` (``null``: 1 to the episodes per task) up to a task's
     scored episodes. ``temperature`` overrides the
     policy role's (``null``: keep it). ``max_failures`` failure steps in a row (unusable policy
-    output) end an episode. world_model: fidelity on the real rows of ``transitions`` (at most
-    ``limit``), ``batch`` predictions per model call.
+    output) end an episode. ``policy``: ``model`` (the policy role) or ``random_click`` (a
+    uniform random click among the page's clickable elements, the layout-only baseline of
+    :mod:`websynthesis.evaluation.baselines`). world_model: fidelity on the real rows of
+    ``transitions`` (at most ``limit``), ``batch`` predictions per model call.
     """
 
     mode: str = "agent"
+    policy: str = "model"
     attempts: int = 1
     k: list[int] | None = None
     seeds: list[int] | None = None

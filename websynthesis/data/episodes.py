@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from websynthesis.data.chat import ChatExample
-from websynthesis.data.transitions import action_field, failer, page_field
+from websynthesis.data.transitions import action_field, action_set_field, failer, page_field
 from websynthesis.evaluation.records import read_records
 from websynthesis.models.prompts import PolicyInput, Step
 from websynthesis.models.roles import Role
@@ -110,7 +110,8 @@ def _examples(episode: LiveEpisode, role: Role, source: str) -> list[ChatExample
         action = action_field(row.get("action"), "action", fail)
         thought = str(row.get("thought") or "")
         sites = tuple(str(site) for site in row.get("allowed_sites") or ())
-        question = PolicyInput(str(row.get("objective") or ""), page, history, sites)
+        actions = action_set_field(row.get("action_set"), fail)
+        question = PolicyInput(str(row.get("objective") or ""), page, history, sites, actions)
         meta = {
             "kind": "live",
             "task_id": task,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from websynthesis.io import DataFileError, iter_jsonl, list_element_lines, read_text
+from websynthesis.web.action_sets import action_set
 
 DEMO_TASKS = "demo"
 """The name that selects the task set bundled with the package."""
@@ -44,6 +45,8 @@ class Task:
     state: str | None = None
     eval: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # The verbs its environment takes (websynthesis.web.action_sets); () = WebArena's twelve.
+    actions: tuple[str, ...] = ()
 
     def to_config(self) -> dict[str, Any]:
         """The task back in WebArena config form (round-trips through :func:`task_from_config`)."""
@@ -57,6 +60,8 @@ class Task:
         )
         if self.state is not None:
             config["state"] = self.state
+        if self.actions:
+            config["actions"] = list(self.actions)
         return config
 
 
@@ -95,7 +100,14 @@ def task_from_config(
     if eval_spec is None:
         eval_spec = {}
     _check_eval(eval_spec, fail)
-    known = {"task_id", "intent", "start_url", "sites", "state", "eval"}
+    actions = config.get("actions") or []
+    try:
+        if not isinstance(actions, list):
+            raise ValueError(f"expected a list of action verbs, got {type(actions).__name__}")
+        action_set(actions)
+    except ValueError as error:
+        raise fail("actions", str(error)) from None
+    known = {"task_id", "intent", "start_url", "sites", "state", "eval", "actions"}
     return Task(
         task_id=str(task_id),
         intent=intent,
@@ -104,6 +116,7 @@ def task_from_config(
         state=state,
         eval=eval_spec,
         extra={k: v for k, v in config.items() if k not in known},
+        actions=tuple(str(a) for a in actions),
     )
 
 

@@ -40,7 +40,7 @@ from websynthesis.data.transitions import Transition
 from websynthesis.models.prompts import format_observation, render
 from websynthesis.models.roles import OK, ModelClient
 from websynthesis.models.types import Generation, GenerationRequest, Message, Sampling
-from websynthesis.web.actions import Action, ActionKind
+from websynthesis.web.actions import ELEMENT_KINDS, Action
 from websynthesis.web.observation import AXNode, AXTree, diff_trees, parse_axtree
 
 NO_CHANGE = "No visible change."
@@ -48,7 +48,6 @@ NO_CHANGE = "No visible change."
 
 CAPTION, FUNCTION = "dense_caption", "element_function"
 """Mix names; also the role names the teacher's outcomes are counted under."""
-_ELEMENT_KINDS = frozenset({ActionKind.CLICK, ActionKind.HOVER, ActionKind.TYPE})
 _MIN_PROSE = 0.6  # share of letters and spaces below which an answer is not prose
 
 
@@ -238,7 +237,7 @@ def element_questions(
     for t in transitions:
         before, target = parse_axtree(t.observation), t.action.target
         page = by_text.get(before.render())
-        if page is None or t.action.kind not in _ELEMENT_KINDS or target is None:
+        if page is None or t.action.kind not in ELEMENT_KINDS or target is None:
             continue
         node = _shown(page, observation_chars).get(target)
         after = parse_axtree(t.next_observation)

@@ -33,6 +33,7 @@ from typing import Any
 from websynthesis.data.chat import ROLES, ChatExample, example_from_row
 from websynthesis.io import DataFileError, atomic_write_text, read_jsonl
 from websynthesis.models.parsing import parse_world_model
+from websynthesis.web.action_sets import ActionSet, action_set
 from websynthesis.web.actions import Action, ActionParseError, parse_action
 
 Fail = Callable[[str | None, str], DataFileError]
@@ -81,6 +82,16 @@ def action_field(value: Any, field: str, fail: Fail) -> Action:
         return parse_action(value)
     except ActionParseError as error:
         raise fail(field, f"not an action: {error}") from None
+
+
+def action_set_field(value: Any, fail: Fail, field: str = "action_set") -> ActionSet:
+    """A recorded action set (a list of verbs; absent: WebArena's), or an error naming it."""
+    if value is not None and not isinstance(value, list):
+        raise fail(field, f"expected a list of action verbs, got {type(value).__name__}")
+    try:
+        return action_set(value)
+    except ValueError as error:
+        raise fail(field, str(error)) from None
 
 
 def page_field(row: dict[str, Any], key: str, fail: Fail) -> str:

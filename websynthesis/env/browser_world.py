@@ -42,6 +42,7 @@ from websynthesis.env.pool import EnvPool
 from websynthesis.search import Transition
 from websynthesis.synthesis.state import Goal, WebState
 from websynthesis.synthesis.world import BrowserWorld
+from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, action_set
 from websynthesis.web.actions import Action, ActionKind
 
 _Position = tuple[str, tuple[Action, ...]]
@@ -92,10 +93,18 @@ class LiveBrowserWorld(BrowserWorld):
     the seed and is only known once the page is up.
     """
 
-    def __init__(self, pool: EnvPool[Any], *, seed: int = 0, scored: bool = True) -> None:
+    def __init__(
+        self,
+        pool: EnvPool[Any],
+        *,
+        seed: int = 0,
+        scored: bool = True,
+        actions: ActionSet = WEBARENA_ACTIONS,
+    ) -> None:
         self.pool = pool
         self.seed = seed
         self.scored = scored
+        self.actions = actions
         self.goals: dict[str, str] = {}
         self.stats = ReplayStats()
         self._positions: dict[int, _Position | None] = {}  # id(env) -> where its browser is
@@ -108,14 +117,16 @@ class LiveBrowserWorld(BrowserWorld):
         """``config.pool_size`` browsers of ``config``; rewards are passed through for MiniWoB++
         only (a self-hosted WebArena is scored by the evaluators, after the episode)."""
         pool = EnvPool(lambda: make_env(config, tasks), config.pool_size)
-        return cls(pool, seed=seed, scored=config.name == "miniwob")
+        actions = action_set(config.actions)
+        return cls(pool, seed=seed, scored=config.name == "miniwob", actions=actions)
 
     async def reset(self, task: Task) -> WebState:
         """The first page of ``task`` under its seed; raises ``EnvError`` if no browser starts."""
         return await asyncio.to_thread(self._reset, task.task_id)
 
     def goal(self, task: Task) -> Goal:
-        """The environment's instruction for ``task`` (after :meth:`reset`).
+        """The environment's instruction for ``task`` (after :meth:`reset`), with its
+        declared action set.
 
         No allowed sites: MiniWoB++ pages are ``file://`` pages with nowhere to go. (The
         policy's grammar then lets ``goto`` name any http(s) URL; the browser cannot reach
@@ -123,7 +134,7 @@ class LiveBrowserWorld(BrowserWorld):
         """
         if task.task_id not in self.goals:
             raise KeyError(f"{task.task_id!r} has no instruction yet: reset it first")
-        return Goal(task.task_id, self.goals[task.task_id])
+        return Goal(task.task_id, self.goals[task.task_id], actions=self.actions)
 
     def close(self) -> None:
         """Stop every browser of the pool (steps still waiting for one get ``RuntimeError``)."""

@@ -8,8 +8,9 @@ dies, or reports a browser failure is killed with everything it started; the ste
 reset starts a new worker. A reset that fails is retried once on a new worker before
 :class:`~websynthesis.env.base.EnvError` is raised.
 
-Actions: each :class:`~websynthesis.web.actions.Action` is checked against the current
-tree first (``Action.validate``): an unknown id or typing into a non-text field is reported
+Actions: each :class:`~websynthesis.web.actions.Action` is checked against the
+environment's declared action set and the current tree first (``Action.validate``): a verb
+the environment does not take, an unknown id or typing into a non-text field is reported
 as ``last_action_error`` without touching the page. A valid action runs as ONE BrowserGym
 step with multiaction on (``Action.to_browsergym()``), so ``type [id] [text] [1]`` is
 ``fill`` then ``press Enter`` in a single step and a single observation. ``stop [...]``
@@ -34,6 +35,7 @@ from websynthesis.env.base import EnvError, Observation, StepResult
 from websynthesis.env.browser import LaunchOptions, find_chromium
 from websynthesis.env.observe import owner_of_text_id
 from websynthesis.env.worker import WorkerSpec, serve
+from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, action_set, check_declared
 from websynthesis.web.actions import Action, ActionKind
 from websynthesis.web.observation import parse_axtree
 
@@ -66,8 +68,10 @@ class BrowserGymEnv:
         step_timeout_s: float,
         reset_timeout_s: float,
         max_steps: int,
+        actions: ActionSet = WEBARENA_ACTIONS,
     ) -> None:
         self._spec = spec
+        self.actions = actions
         self.step_timeout_s = step_timeout_s
         self.reset_timeout_s = reset_timeout_s
         self.max_steps = max_steps
@@ -102,7 +106,8 @@ class BrowserGymEnv:
         if before is None:
             raise EnvError("no running episode: reset first (or the last one ended in an error)")
         self._steps += 1
-        check = action.validate(before.tree)
+        check = check_declared(action, self.actions)
+        check = action.validate(before.tree) if check else check
         if not check:
             refused = replace(before, last_action_error=f"{check.reason}: {check.message}")
             self._observation = refused
@@ -212,6 +217,7 @@ def make_env(config: EnvConfig, tasks: Sequence[Task] = ()) -> BrowserGymEnv:
         step_timeout_s=config.step_timeout_s,
         reset_timeout_s=config.reset_timeout_s,
         max_steps=config.max_steps,
+        actions=action_set(config.actions),
     )
 
 

@@ -93,6 +93,15 @@ def owner_of_text_id(node_id: str) -> str | None:
     return match.group(1) if match else None
 
 
+_ELEMENT_ID = re.compile(r"[a-z]*[0-9]+")
+
+
+def is_element_id(node_id: str) -> bool:
+    """Whether ``node_id`` names an element (a bid, or a WebArena DOM id), not a text line
+    (``TB15``) or a page root (``RA0``), which BrowserGym cannot act on by themselves."""
+    return _ELEMENT_ID.fullmatch(node_id) is not None
+
+
 def _text_id(owner: str, index: int) -> str:
     """``T`` + the index in letters + the element's bid; ``R`` when no element is above."""
     letters = ""

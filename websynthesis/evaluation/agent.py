@@ -39,12 +39,14 @@ from typing import Any
 from websynthesis.data.tasks import Task
 from websynthesis.data.transitions import Transition
 from websynthesis.env.base import Observation, StepResult, WebEnv
+from websynthesis.evaluation.baselines import RandomClick
 from websynthesis.evaluation.records import JsonlLog
 from websynthesis.evaluation.webarena_eval import AnswerJudge, evaluate_task
 from websynthesis.evaluation.wmla import LookAhead, LookAheadPlanner, stable_seed
 from websynthesis.models.parsing import Decision
 from websynthesis.models.prompts import PolicyInput, Step
 from websynthesis.models.roles import ModelClient
+from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, action_names
 from websynthesis.web.actions import ActionKind
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AgentConfig:
     """``max_steps`` per episode (failure steps included); ``max_failures`` failure steps in a
-    row end the episode; ``policy_role`` is the role that acts (without WMLA)."""
+    row end the episode; ``policy_role`` is the role that acts (without WMLA); ``baseline``,
+    when set, acts instead of any model (:mod:`websynthesis.evaluation.baselines`)."""
 
     max_steps: int = 10
     max_failures: int = 3
     policy_role: str = "policy"
+    baseline: RandomClick | None = None  # acts instead of the policy role (and of WMLA)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class EpisodeSpec:
     attempt: int
     task: Task | None = None
     allowed_sites: tuple[str, ...] = ()
+    actions: ActionSet = WEBARENA_ACTIONS  # the environment's declared action set
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -207,16 +212,20 @@ class Agent:
         """The step's action (by WMLA when on), or ``None`` for a counted failure step."""
         spec = episode.spec
         seed_key = (*spec.key, index)
+        if self.config.baseline is not None:
+            return self.config.baseline.decide(observation.tree, stable_seed(*seed_key, "act"))
         if self.planner is not None and index >= self.planner.config.from_step:
             look = await self.planner.plan(
-                objective, observation.tree, history, seed_key, spec.allowed_sites
+                objective, observation.tree, history, seed_key, spec.allowed_sites, spec.actions
             )
             self._log_lookahead(episode, index, look)
             episode.policy_failures.update(look.proposal_failures)
             if look.decision is None:
                 episode.actions.append("<no candidate>")
             return look.decision
-        question = PolicyInput(objective, observation.tree, history, spec.allowed_sites)
+        question = PolicyInput(
+            objective, observation.tree, history, spec.allowed_sites, spec.actions
+        )
         seeds = [stable_seed(*seed_key, "act")] if self._sampled else None
         [outcome] = await self.client.run(self.config.policy_role, [question], seeds=seeds)
         if outcome.ok:
@@ -268,6 +277,7 @@ class Agent:
                 "step": index,
                 "objective": objective,
                 "allowed_sites": list(spec.allowed_sites),
+                "action_set": action_names(spec.actions),
                 "thought": decision.thought,
                 "url": observation.url,
                 "next_url": result.observation.url,

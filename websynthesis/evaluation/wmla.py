@@ -36,6 +36,7 @@ from websynthesis.models.parsing import Decision
 from websynthesis.models.prompts import JudgeInput, PolicyInput, Step, WorldModelInput
 from websynthesis.models.roles import ModelClient, Role
 from websynthesis.models.types import Message
+from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet
 from websynthesis.web.actions import Action, ActionKind, equivalent
 from websynthesis.web.observation import AXTree
 
@@ -198,9 +199,10 @@ class _Situation:
     history: tuple[Step, ...]
     seed_key: Any
     sites: tuple[str, ...]
+    actions: ActionSet = WEBARENA_ACTIONS
 
     def policy_input(self, page: AXTree, history: tuple[Step, ...]) -> PolicyInput:
-        return PolicyInput(self.objective, page, history, self.sites)
+        return PolicyInput(self.objective, page, history, self.sites, self.actions)
 
 
 class LookAheadPlanner:
@@ -220,9 +222,11 @@ class LookAheadPlanner:
         history: tuple[Step, ...],
         seed_key: Any,
         allowed_sites: tuple[str, ...] = (),
+        actions: ActionSet = WEBARENA_ACTIONS,
     ) -> LookAhead:
-        """Propose, simulate, judge and choose; ``seed_key`` identifies the step for seeds."""
-        now = _Situation(objective, observation, history, seed_key, allowed_sites)
+        """Propose, simulate, judge and choose; ``seed_key`` identifies the step for seeds;
+        candidates come from the environment's declared ``actions``."""
+        now = _Situation(objective, observation, history, seed_key, allowed_sites, actions)
         look = await self._propose(now)
         await self._simulate(now, look.candidates)
         await self._judge(now, look.candidates)
@@ -238,7 +242,7 @@ class LookAheadPlanner:
         for draw in range(1, self.config.candidates):
             avoid = tuple(c.action for c in look.candidates)
             question = DifferingInput(
-                now.objective, now.observation, now.history, now.sites, avoid=avoid
+                now.objective, now.observation, now.history, now.sites, now.actions, avoid=avoid
             )
             seed = stable_seed(now.seed_key, "candidate", draw)
             [sample] = await self.client.run(DIFFER_ROLE, [question], seeds=[seed])

@@ -30,6 +30,7 @@ from websynthesis.synthesis.extract import policy_example
 from websynthesis.synthesis.policy import POLICY, failure_label
 from websynthesis.synthesis.state import WebState
 from websynthesis.synthesis.world import ModelWorld
+from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet
 from websynthesis.web.actions import ActionKind
 from websynthesis.web.observation import AXTree
 
@@ -38,12 +39,13 @@ JUDGE = "judge"
 
 @dataclass(frozen=True)
 class Query:
-    """A task instance to imagine: its id, objective and first page."""
+    """A task instance to imagine: its id, objective, first page and action set."""
 
     task_id: str
     objective: str
     page: AXTree
     allowed_sites: tuple[str, ...] = ()
+    actions: ActionSet = WEBARENA_ACTIONS
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,9 @@ async def _play(
     history: tuple[Step, ...] = ()
     failures = 0
     for index in range(config.max_steps):
-        question = PolicyInput(query.objective, state.observation, history, query.allowed_sites)
+        question = PolicyInput(
+            query.objective, state.observation, history, query.allowed_sites, query.actions
+        )
         seed = stable_seed(config.seed, query.task_id, index, failures, "imagine")
         [outcome] = await client.run(POLICY, [question], seeds=[seed])
         if not outcome.ok or outcome.value is None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -38,7 +38,8 @@ import xgrammar as xgr
 from transformers import LogitsProcessor
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from websynthesis.web.actions import ANSWER_PHRASE
+from websynthesis.web.action_sets import WEBARENA_ACTIONS
+from websynthesis.web.actions import ANSWER_PHRASE, ActionKind
 
 FENCE = "```"
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # "[10:34:52] /project/cpp/x.cc:820: "
@@ -61,22 +62,38 @@ def action_grammar(
     max_text_chars: int = 200,
     typeable_ids: Sequence[str] | None = None,
     goto_prefixes: Sequence[str] | None = None,
+    kinds: Collection[ActionKind] | None = None,
+    options: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """A policy response: reasoning, the answer phrase, and one fenced WebArena action.
+    """A policy response: reasoning, the answer phrase, and one fenced action.
 
-    Element actions (click, hover) may only name ``ids``; ``type`` only
-    ``typeable_ids`` (default: all of ``ids``), so a constrained policy cannot
-    type into a button. ``goto`` URLs must start with one of ``goto_prefixes``
+    ``kinds`` is the environment's declared action set (default: WebArena's twelve, see
+    :mod:`websynthesis.web.action_sets`); no other verb can be written. Element actions
+    (click, hover) may only name ``ids``; ``type`` only ``typeable_ids`` (default: all of
+    ``ids``), so a constrained policy cannot type into a button; ``select_option`` only the
+    ids of ``options`` (a ``<select>``'s id -> the option names the page lists; an empty
+    list allows any option text). ``goto`` URLs must start with one of ``goto_prefixes``
     when given (an empty list forbids ``goto``). Typed text, ``stop`` answers and
     URLs are at most ``max_text_chars`` printable ASCII characters without
     ``[``, ``]`` or a backtick; reasoning is anything without a backtick (so the
     fence is unambiguous). With no ``ids`` only non-element actions remain.
     """
+    allowed = WEBARENA_ACTIONS if kinds is None else frozenset(kinds)
     typeable = list(ids) if typeable_ids is None else [i for i in typeable_ids if i in set(ids)]
+    typeable = typeable if ActionKind.TYPE in allowed else []
+    selects = {
+        sid: [o for o in names if _writable_option(o)]
+        for sid, names in (options or {}).items()
+        if sid in set(ids) and ActionKind.SELECT_OPTION in allowed
+    }
     id_bytes = max((len(i.encode()) for i in ids), default=0)
+    option_bytes = max(
+        (len(o.encode()) for names in selects.values() for o in names), default=max_text_chars
+    )
     longest_action = max(
         len("hover [") + id_bytes + len("]"),
         len("type [") + id_bytes + len("] [") + max_text_chars + len("] [0]"),
+        len("select_option [") + id_bytes + len("] [") + max(option_bytes, max_text_chars) + 1,
         len("goto [")
         + max((len(p) for p in goto_prefixes or ()), default=len("https://"))
         + max_text_chars
@@ -87,24 +104,28 @@ def action_grammar(
         len("go_forward"),
     )
     answer_bytes = len(f"{ANSWER_PHRASE} {FENCE}") + longest_action + len(FENCE)
-    element = ['"click [" id "]"', '"hover [" id "]"']
     if goto_prefixes is None:
-        goto = ['"goto [http" "s"? "://" url "]"']
+        goto = '"goto [http" "s"? "://" url "]"'
     else:
-        goto = [f'"goto [" ({" | ".join(_literal(p) for p in goto_prefixes)}) url? "]"']
-    actions = [
-        *(element if ids else []),
-        *(['"type [" tid "] [" text "] [" [01] "]"'] if typeable else []),
-        f'"press [" key ("+" key){{0,{_MAX_KEYS - 1}}} "]"',
-        '"scroll [" ("up" | "down") "]"',
-        *(goto if goto_prefixes is None or goto_prefixes else []),
-        '"go_back"',
-        '"go_forward"',
-        '"new_tab"',
-        '"tab_focus [" [0-9] [0-9]? "]"',
-        '"close_tab"',
-        '"stop [" text? "]"',
+        goto = f'"goto [" ({" | ".join(_literal(p) for p in goto_prefixes)}) url? "]"'
+    offered: list[tuple[ActionKind, str | None]] = [
+        (ActionKind.CLICK, '"click [" id "]"' if ids else None),
+        (ActionKind.HOVER, '"hover [" id "]"' if ids else None),
+        (ActionKind.TYPE, '"type [" tid "] [" text "] [" [01] "]"' if typeable else None),
+        (ActionKind.SELECT_OPTION, _select_rule(selects) if selects else None),
+        (ActionKind.PRESS, f'"press [" key ("+" key){{0,{_MAX_KEYS - 1}}} "]"'),
+        (ActionKind.SCROLL, '"scroll [" ("up" | "down") "]"'),
+        (ActionKind.GOTO, goto if goto_prefixes is None or goto_prefixes else None),
+        (ActionKind.GO_BACK, '"go_back"'),
+        (ActionKind.GO_FORWARD, '"go_forward"'),
+        (ActionKind.NEW_TAB, '"new_tab"'),
+        (ActionKind.TAB_FOCUS, '"tab_focus [" [0-9] [0-9]? "]"'),
+        (ActionKind.CLOSE_TAB, '"close_tab"'),
+        (ActionKind.STOP, '"stop [" text? "]"'),
     ]
+    actions = [rule for kind, rule in offered if rule is not None and kind in allowed]
+    if not actions:
+        actions = ['"stop [" text? "]"']  # a page offering none of the set: the policy can end
     rules = [
         _wrap_up_line("answer", answer_bytes),
         "root ::= reasoning answer" if allow_reasoning else "root ::= answer",
@@ -121,6 +142,21 @@ def action_grammar(
     if typeable:
         rules.append("tid ::= " + " | ".join(_literal(i) for i in dict.fromkeys(typeable)))
     return "\n".join(rules) + "\n"
+
+
+def _writable_option(name: str) -> bool:
+    """An option name the answer can carry: non-blank, one line, no backtick (the fence)."""
+    return bool(name.strip()) and name == name.strip() and not re.search(r"[`\n\r]", name)
+
+
+def _select_rule(selects: Mapping[str, Sequence[str]]) -> str:
+    """``select_option [id] [option]``: each list's own options, or any text where the page
+    shows none."""
+    choices = []
+    for sid, names in selects.items():
+        option = " | ".join(_literal(o) for o in dict.fromkeys(names)) if names else "text"
+        choices.append(f'"select_option [" {_literal(sid)} "] [" ({option}) "]"')
+    return "(" + " | ".join(choices) + ")"
 
 
 def go_back_grammar() -> str:

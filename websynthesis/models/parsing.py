@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
+from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, check_declared
 from websynthesis.web.actions import (
     Action,
     ActionKind,
@@ -113,9 +114,13 @@ URL_NOT_ALLOWED = "url_not_allowed"
 
 
 def parse_policy(
-    text: str, observation: AXTree | None = None, allowed_hosts: frozenset[str] = frozenset()
+    text: str,
+    observation: AXTree | None = None,
+    allowed_hosts: frozenset[str] = frozenset(),
+    actions: ActionSet = WEBARENA_ACTIONS,
 ) -> Parsed[Decision]:
-    """Read a policy response, then check its action against the page it was written for.
+    """Read a policy response, then check its action against the environment's declared
+    ``actions`` and the page it was written for.
 
     ``allowed_hosts`` (lower case), when given, is the allow-list for ``goto`` URLs.
     """
@@ -127,6 +132,9 @@ def parse_policy(
         kind = Failure.NO_ACTION if error.reason in _NOT_LOCATED else Failure.UNPARSABLE_ACTION
         return _fail(text, kind, error.reason, error.message)
     decision = Decision(thought, action)
+    declared = check_declared(action, actions)
+    if not declared:
+        return _fail(text, Failure.INVALID_ACTION, declared.reason, declared.message, decision)
     if observation is not None:
         check = action.validate(observation)
         if not check:

@@ -26,17 +26,17 @@ import jinja2
 
 from websynthesis.models.parsing import DEFAULT_SCALE, ScoreScale, format_number
 from websynthesis.models.types import Message
+from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, action_names
 from websynthesis.web.actions import (
     ANSWER_PHRASE,
+    ELEMENT_KINDS,
     Action,
-    ActionKind,
     format_response,
     parse_action,
 )
 from websynthesis.web.observation import AXTree, parse_axtree
 
 PACKAGE, FOLDER = "websynthesis", "prompts"
-_ELEMENT_KINDS = frozenset({ActionKind.CLICK, ActionKind.HOVER, ActionKind.TYPE})
 
 
 # --- how observations are fitted into prompts --------------------------------------------
@@ -105,7 +105,7 @@ def step_excerpt(step: Step, max_chars: int) -> str:
     show the top of the page instead, within the same budget.
     """
     tree, target = step.observation, step.action.target
-    if step.action.kind in _ELEMENT_KINDS and target is not None and tree.get(target) is not None:
+    if step.action.kind in ELEMENT_KINDS and target is not None and tree.get(target) is not None:
         tree = tree.highlight(target)
     return tree.truncate(max_chars=max_chars).render()
 
@@ -132,12 +132,17 @@ def format_history(steps: Sequence[Step], style: PromptStyle) -> str:
 
 @dataclass(frozen=True)
 class PolicyInput:
-    """The policy's question: which action next on ``observation``?"""
+    """The policy's question: which action next on ``observation``?
+
+    ``actions`` is the environment's declared action set: the only verbs the prompt lists,
+    the grammar offers and the parser accepts.
+    """
 
     objective: str
     observation: AXTree
     history: tuple[Step, ...] = ()
     allowed_sites: tuple[str, ...] = ()
+    actions: ActionSet = WEBARENA_ACTIONS
 
 
 @dataclass(frozen=True)
@@ -199,10 +204,12 @@ class ReflectionInput:
 def policy_messages(
     inp: PolicyInput, family: str = "policy", style: PromptStyle = DEFAULT_STYLE
 ) -> tuple[Message, ...]:
-    """System prompt, the family's few-shot turns, then the question."""
-    system = render(f"{family}_system", answer_phrase=ANSWER_PHRASE)
+    """System prompt (the declared actions only), the family's few-shot turns whose action is
+    declared, then the question."""
+    system = _policy_system(family, inp.actions)
     question = _policy_user(family, inp, style)
-    examples = (dict(turn) for turn in _few_shot(family, style))  # copies of the cached turns
+    turns = _few_shot(family, style, inp.actions)
+    examples = (dict(turn) for turn in turns)  # copies of the cached turns
     return (_message("system", system), *examples, _message("user", question))
 
 
@@ -301,16 +308,27 @@ def _examples(family: str) -> tuple[dict[str, Any], ...]:
 
 
 @cache
-def _few_shot(family: str, style: PromptStyle) -> tuple[Message, ...]:
-    """The few-shot turns (the same for every request of a family and style)."""
+def _policy_system(family: str, actions: ActionSet) -> str:
+    return render(f"{family}_system", answer_phrase=ANSWER_PHRASE, actions=action_names(actions))
+
+
+@cache
+def _few_shot(family: str, style: PromptStyle, actions: ActionSet) -> tuple[Message, ...]:
+    """The few-shot turns (the same for every request of a family, style and action set):
+    an example whose action the environment does not declare would teach an action the
+    policy cannot take, so it is left out."""
     turns: list[Message] = []
     for example in _examples(family) if style.few_shot else ():
+        action = parse_action(example["action"])
+        if action.kind not in actions:
+            continue
         shown = PolicyInput(
             objective=example["objective"],
             observation=parse_axtree("\n".join(example["observation"])),
             allowed_sites=tuple(example["sites"]),
+            actions=actions,
         )
-        answer = format_response(example["thought"], parse_action(example["action"]))
+        answer = format_response(example["thought"], action)
         question = _policy_user(family, shown, style)
         turns += [_message("user", question), _message("assistant", answer)]
     return tuple(turns)

@@ -74,7 +74,12 @@ from websynthesis.models.types import (
     derive_seed,
 )
 from websynthesis.models.usage import UsageTracker
-from websynthesis.web.actions import ANSWER_PHRASE, TYPEABLE_ROLES
+from websynthesis.web.actions import (
+    ANSWER_PHRASE,
+    SELECTABLE_ROLES,
+    TYPEABLE_ROLES,
+    listed_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +148,11 @@ def _policy_grammar(inp: PolicyInput, s: RoleSettings) -> str:
         shown = shown.truncate(max_chars=budget)
     ids = [node.id for node in shown.nodes if node.id is not None]
     typeable = [n.id for n in shown.nodes if n.id is not None and n.role in TYPEABLE_ROLES]
+    options = {
+        n.id: listed_options(n)
+        for n in shown.nodes
+        if n.id is not None and n.role.casefold() in SELECTABLE_ROLES
+    }
     sites = [site.rstrip("/") for site in inp.allowed_sites if allowed_hosts([site])]
     longest_id = max((len(i.encode()) for i in ids), default=0)
     room = s.max_new_tokens - len(ANSWER_PHRASE) - _ANSWER_OVERHEAD - longest_id
@@ -151,6 +161,8 @@ def _policy_grammar(inp: PolicyInput, s: RoleSettings) -> str:
         max_text_chars=max(1, min(_MAX_TEXT_CHARS, room)),
         typeable_ids=typeable,
         goto_prefixes=sites or None,
+        kinds=inp.actions,
+        options=options,
     )
 
 
@@ -195,7 +207,9 @@ KINDS: dict[str, _Kind] = {
     "policy": _Kind(
         PolicyInput,
         lambda inp, s: policy_messages(inp, s.template, s.style),
-        lambda text, inp, s: parse_policy(text, inp.observation, allowed_hosts(inp.allowed_sites)),
+        lambda text, inp, s: parse_policy(
+            text, inp.observation, allowed_hosts(inp.allowed_sites), inp.actions
+        ),
         _policy_grammar,
     ),
     "world_model": _Kind(

@@ -46,6 +46,7 @@ from omegaconf import DictConfig
 from websynthesis import tracking
 from websynthesis.data.chat import ChatExample, read_chat_jsonl, write_chat_jsonl
 from websynthesis.data.episodes import episode_examples, read_episodes
+from websynthesis.data.transitions import action_set_field, failer
 from websynthesis.io import atomic_write_json
 from websynthesis.web.observation import parse_axtree
 
@@ -323,6 +324,7 @@ class CoEvolution:
                     str(first.get("objective") or ""),
                     parse_axtree(str(first["observation"])),
                     tuple(first.get("allowed_sites") or ()),
+                    action_set_field(first.get("action_set"), failer(sample, None, f"{task}.")),
                 )
             )
         return queries

@@ -36,6 +36,7 @@ from rich.table import Table
 from websynthesis import tracking
 from websynthesis.data.tasks import Task, load_tasks
 from websynthesis.evaluation.agent import Agent, AgentConfig, Episode, EpisodeSpec
+from websynthesis.evaluation.baselines import baseline
 from websynthesis.evaluation.fidelity import METRICS, evaluate_fidelity, load_transitions
 from websynthesis.evaluation.metrics import Outcome, summarize
 from websynthesis.evaluation.records import JsonlLog, read_records
@@ -44,6 +45,7 @@ from websynthesis.evaluation.wmla import LookAheadConfig, LookAheadPlanner
 from websynthesis.io import atomic_write_json
 from websynthesis.models.batching import BatchingBackend
 from websynthesis.models.roles import ModelClient
+from websynthesis.web.action_sets import action_set
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +91,11 @@ def episode_specs(cfg: DictConfig, tasks: dict[str, Task | None]) -> list[Episod
     else:
         plan = [(int(cfg.eval.seed_offset) + a, a) for a in range(attempts)]
     site_urls = {site: url for site, url in (cfg.env.site_urls or {}).items() if url}
+    actions = action_set(cfg.env.get("actions"))
     specs = []
     for name, task in tasks.items():
         sites = tuple(site_urls[s] for s in task.sites if s in site_urls) if task else ()
-        specs += [EpisodeSpec(name, seed, a, task, sites) for seed, a in plan]
+        specs += [EpisodeSpec(name, seed, a, task, sites, actions) for seed, a in plan]
     return specs
 
 
@@ -182,7 +185,11 @@ async def _run_episodes(
         planner = LookAheadPlanner(client, look)
     agent = Agent(
         client,
-        AgentConfig(max_steps=int(cfg.eval.max_steps), max_failures=int(cfg.eval.max_failures)),
+        AgentConfig(
+            max_steps=int(cfg.eval.max_steps),
+            max_failures=int(cfg.eval.max_failures),
+            baseline=baseline(str(cfg.eval.get("policy", "model"))),
+        ),
         planner=planner,
         transitions=JsonlLog(out / "transitions.jsonl"),
         lookahead_log=JsonlLog(out / "wmla.jsonl") if planner is not None else None,

@@ -78,6 +78,7 @@ from websynthesis.synthesis import (
     task_summary,
 )
 from websynthesis.synthesis.state import WebState, encode_action
+from websynthesis.web.action_sets import action_names
 
 if TYPE_CHECKING:
     from websynthesis.env.browser_world import LiveBrowserWorld
@@ -308,7 +309,11 @@ class Synthesis:
     ) -> None:
         record: dict[str, Any] = {"task_id": task_id}
         if goal is not None:
-            record["goal"] = {"objective": goal.objective, "allowed_sites": [*goal.allowed_sites]}
+            record["goal"] = {
+                "objective": goal.objective,
+                "allowed_sites": [*goal.allowed_sites],
+                "action_set": action_names(goal.actions),
+            }
         record |= {
             "skipped": skipped,
             "summary": summary,

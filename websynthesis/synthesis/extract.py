@@ -15,7 +15,8 @@ reads as they are.
   failed child's page -> reflection + ``go_back``, and the parent's page with the failed
   step and the ``go_back`` step in the history -> the correct action. The reference never
   produced these (D1). Siblings whose page the world could not simulate, whose score is
-  unknown or that stopped are skipped: there is no page to go back from.
+  unknown or that stopped are skipped: there is no page to go back from; in an environment
+  whose declared actions lack ``go_back`` every rollback is skipped (counted).
 - **transitions**: every (page, action) -> next page the world wrote in the tree, as a
   world-model example in the world-model family's answer form (the whole page, or what
   changed), flagged ``imagined`` when a world model predicted it; its ``meta`` also holds
@@ -117,7 +118,7 @@ class Extractor:
         action: Action,
         meta: dict[str, Any],
     ) -> ChatExample | str:
-        question = PolicyInput(goal.objective, page, steps, goal.allowed_sites)
+        question = PolicyInput(goal.objective, page, steps, goal.allowed_sites, goal.actions)
         return policy_example(self.client.role(POLICY), question, thought, action, meta)
 
     # --- rollback ------------------------------------------------------------------------
@@ -141,6 +142,11 @@ class Extractor:
             usable.sort(key=lambda n: (result.config.value(n), n.id))
             triples += [(failed, chosen) for failed in usable[: self.rollback_per_step]]
         if not triples:
+            return
+        if ActionKind.GO_BACK not in goal.actions:
+            # The reflection's target is go_back, which this environment does not take
+            # (MiniWoB++'s one-page tasks): counted, and no reflection call spent on it.
+            out.dropped["rollback/skipped_go_back_undeclared"] += len(triples)
             return
         questions = [
             ReflectionInput(

@@ -80,7 +80,7 @@ class WebSearchPolicy:
         goal: Goal = context.payload
         node = context.node
         question = PolicyInput(
-            goal.objective, node.state.observation, history(node), goal.allowed_sites
+            goal.objective, node.state.observation, history(node), goal.allowed_sites, goal.actions
         )
         (samples,) = await self.client.sample(POLICY, [question], n=k, seeds=[context.seed])
         shown = visible_page(self.client.role(POLICY), node.state.observation)

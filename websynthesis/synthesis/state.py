@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from websynthesis.data.tasks import Task
 from websynthesis.models.prompts import Step
 from websynthesis.search import Node
+from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, action_set
 from websynthesis.web.actions import Action, parse_action
 from websynthesis.web.observation import AXTree, parse_axtree
 
@@ -51,15 +52,18 @@ class WebState:
 
 @dataclass(frozen=True, slots=True)
 class Goal:
-    """What the policy, reward and reflection roles are told about the task."""
+    """What the policy, reward and reflection roles are told about the task, and the actions
+    its environment takes (its declared action set)."""
 
     task_id: str
     objective: str
     allowed_sites: tuple[str, ...] = ()
+    actions: ActionSet = WEBARENA_ACTIONS
 
     @classmethod
     def from_task(cls, task: Task) -> Goal:
-        """The intent, and the start URL's site as the one ``goto`` may visit.
+        """The intent, the start URL's site as the one ``goto`` may visit, and the task's
+        action set (WebArena's when the task names none).
 
         A task without an http(s) start URL lists its site names, which the prompt shows but
         the ``goto`` check cannot enforce.
@@ -69,7 +73,7 @@ class Goal:
             sites: tuple[str, ...] = (f"{parts.scheme}://{parts.netloc}",)
         else:
             sites = task.sites
-        return cls(task.task_id, task.intent, sites)
+        return cls(task.task_id, task.intent, sites, action_set(task.actions))
 
 
 WebNode = Node[WebState, Action]

@@ -1,4 +1,4 @@
-"""The WebArena id-based action space: one immutable :class:`Action` type and its grammar.
+"""The id-based action space: one immutable :class:`Action` type and its grammar.
 
 Why this module exists: the reference code never parsed actions. It tested raw model output with
 substrings (``'stop' in text``, ``'type' in text``), so reasoning such as "before I stop", the URL
@@ -11,6 +11,11 @@ Grammar (WebArena ``browser_env/actions.py`` plus the tolerances listed in :func
 
     click [id]   hover [id]   type [id] [text] [0|1]   press [keys]   scroll [up|down]
     goto [url]   go_back   go_forward   new_tab   tab_focus [n]   close_tab   stop [answer]
+    select_option [id] [option]
+
+The last is BrowserGym's ``select_option``: a ``<select>`` takes its option directly, not by
+keyboard. It is not one of WebArena's twelve; which verbs an environment's pages take is that
+environment's declared action set (:mod:`websynthesis.web.action_sets`).
 
 Every field is canonicalised when an :class:`Action` is built, so two actions that mean the same
 thing to the browser compare equal and ``parse_action(a.to_string()) == a`` for every action.
@@ -19,6 +24,7 @@ thing to the browser compare equal and ``parse_action(a.to_string()) == a`` for 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -40,6 +46,7 @@ class ActionKind(StrEnum):
     TAB_FOCUS = "tab_focus"
     CLOSE_TAB = "close_tab"
     STOP = "stop"
+    SELECT_OPTION = "select_option"
 
 
 class Reason(StrEnum):
@@ -52,14 +59,14 @@ class Reason(StrEnum):
     # parse_action
     NOT_TEXT = "not_text"  # the input is not a str
     EMPTY = "empty"  # nothing but whitespace
-    UNKNOWN_VERB = "unknown_verb"  # e.g. select_option, wait, a word from prose
+    UNKNOWN_VERB = "unknown_verb"  # e.g. wait, fill, a word from prose
     MISSING_BRACKETS = "missing_brackets"  # click 12, stop N/A
     BAD_BRACKETS = "bad_brackets"  # unclosed or nested brackets, () where text may hold ()
     TRAILING_TEXT = "trailing_text"  # click [12] and more words
     UNEXPECTED_ARGUMENT = "unexpected_argument"  # go_back [3], or a field the kind does not have
     MISSING_TARGET = "missing_target"  # click, click []
     BAD_TARGET = "bad_target"  # click [Submit]: ids hold digits
-    MISSING_TEXT = "missing_text"  # type [12], type [12] [] [1]
+    MISSING_TEXT = "missing_text"  # type [12], type [12] [] [1], select_option [5]
     BAD_FLAG = "bad_flag"  # type [12] [x] [2]
     BAD_KEYS = "bad_keys"  # press [], press [Control a]
     BAD_DIRECTION = "bad_direction"  # scroll [left], scroll
@@ -74,6 +81,10 @@ class Reason(StrEnum):
     UNKNOWN_ID = "unknown_id"  # the element is not in the tree
     NOT_TYPEABLE = "not_typeable"  # type into a link, a button, ...
     BAD_URL = "bad_url"  # goto needs an absolute http(s) URL without whitespace
+    NOT_SELECTABLE = "not_selectable"  # select_option on a button, a link, ...
+    UNKNOWN_OPTION = "unknown_option"  # select_option [5] [Kiwi] where [5] lists no Kiwi
+    # against the environment's declared action set (websynthesis.web.action_sets)
+    UNDECLARED_ACTION = "undeclared_action"  # e.g. goto on MiniWoB++, select_option on WebArena
 
 
 class ActionParseError(ValueError):
@@ -92,7 +103,10 @@ class ActionParseError(ValueError):
         return f"{self.message} [{self.reason}]"
 
 
-_ELEMENT_KINDS = frozenset({ActionKind.CLICK, ActionKind.HOVER, ActionKind.TYPE})
+# The kinds that name an element of the page in ``target``.
+ELEMENT_KINDS = frozenset(
+    {ActionKind.CLICK, ActionKind.HOVER, ActionKind.TYPE, ActionKind.SELECT_OPTION}
+)
 _BARE_KINDS = frozenset(
     {ActionKind.GO_BACK, ActionKind.GO_FORWARD, ActionKind.NEW_TAB, ActionKind.CLOSE_TAB}
 )
@@ -135,6 +149,12 @@ class AXNodeLike(Protocol):
     @property
     def role(self) -> str: ...
 
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def children(self) -> Sequence[AXNodeLike]: ...
+
 
 class AXTreeLike(Protocol):
     """What validation reads from an observation (``websynthesis.web.observation.AXTree``)."""
@@ -146,6 +166,24 @@ class AXTreeLike(Protocol):
 # "textbox", search inputs as "searchbox", autocompletes and <select> as "combobox" and number
 # inputs as "spinbutton" (the four text-entry roles found in the WebArena start pages).
 TYPEABLE_ROLES = frozenset({"textbox", "searchbox", "combobox", "spinbutton"})
+# Roles whose options select_option can choose: Chrome exposes <select> as "combobox"
+# (a drop-down) or "listbox" (with ``size`` or ``multiple``), its <option>s as "option".
+SELECTABLE_ROLES = frozenset({"combobox", "listbox"})
+
+
+def listed_options(node: AXNodeLike) -> list[str]:
+    """The names of the options an observation lists under ``node`` (any depth: Chrome puts
+    a drop-down's options under a ``MenuListPopup``), in page order; ``[]`` when none are shown.
+    """
+    found: list[str] = []
+    stack = list(reversed(node.children))
+    while stack:
+        child = stack.pop()
+        if child.role.casefold() == "option":
+            found.append(child.name)
+        else:
+            stack.extend(reversed(child.children))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +211,7 @@ class Action:
     - click, hover: ``target`` = element id (digits with an optional letter frame prefix).
     - type: ``target`` = element id, ``text`` = the text, ``press_enter`` = the ``[1]`` flag.
       The grammar's default for a missing flag (Enter) is applied by the parser, not here.
+    - select_option: ``target`` = the ``<select>``'s id, ``text`` = the option's label.
     - press: ``text`` = key combination, e.g. ``Control+a`` (spaces around ``+`` are dropped).
     - scroll: ``text`` = ``"up"`` or ``"down"``.
     - goto: ``text`` = URL (checked by :meth:`validate`, since only a page can refuse it).
@@ -216,6 +255,8 @@ class Action:
             return kind.value
         if kind is ActionKind.TYPE:
             return f"type [{self.target}] [{self.text}] [{int(self.press_enter)}]"
+        if kind is ActionKind.SELECT_OPTION:
+            return f"select_option [{self.target}] [{self.text}]"
         argument = self.target if self.target is not None else self.text
         return f"{kind.value} [{argument}]"
 
@@ -225,12 +266,14 @@ class Action:
         """Whether this action can run on ``tree``; syntax was already checked at construction.
 
         Element actions need their id in the tree (``tree.get``; never a match on a node's name,
-        which the reference did), and ``type`` needs a role from :data:`TYPEABLE_ROLES`.
+        which the reference did), and ``type`` needs a role from :data:`TYPEABLE_ROLES`;
+        ``select_option`` needs one from :data:`SELECTABLE_ROLES` and, where the tree lists
+        the element's options, one of their names (case and spacing aside).
         ``goto`` needs an absolute http(s) URL. Scroll directions and tab indices cannot be
         invalid on a built Action; WebArena observations do not list tabs, so a tab index beyond
         the open tabs is left for the browser to refuse.
         """
-        if self.kind in _ELEMENT_KINDS:
+        if self.kind in ELEMENT_KINDS:
             node = tree.get(str(self.target))
             if node is None:
                 return ValidationResult(
@@ -242,6 +285,8 @@ class Action:
                     Reason.NOT_TYPEABLE,
                     f"[{self.target}] is a {node.role!r}, not a text field",
                 )
+            if self.kind is ActionKind.SELECT_OPTION:
+                return _validate_option(node, str(self.target), self.text or "")
         elif self.kind is ActionKind.GOTO and not _is_http_url(self.text or ""):
             return ValidationResult(
                 False, Reason.BAD_URL, f"not an absolute http(s) URL: {self.text!r}"
@@ -265,6 +310,8 @@ class Action:
             case ActionKind.TYPE:
                 fill = f"fill({q(self.target)}, {q(self.text)})"
                 return (fill, f"press({q(self.target)}, 'Enter')") if self.press_enter else (fill,)
+            case ActionKind.SELECT_OPTION:
+                return (f"select_option({q(self.target)}, {q(self.text)})",)
             case ActionKind.PRESS:
                 return (f"keyboard_press({q(self.text)})",)
             case ActionKind.SCROLL:
@@ -285,6 +332,20 @@ class Action:
     def to_browsergym(self) -> str:
         """:meth:`browsergym_calls` joined by newlines: one BrowserGym step with multiaction on."""
         return "\n".join(self.browsergym_calls())
+
+
+def _validate_option(node: AXNodeLike, target: str, option: str) -> ValidationResult:
+    if node.role.casefold() not in SELECTABLE_ROLES:
+        return ValidationResult(
+            False, Reason.NOT_SELECTABLE, f"[{target}] is a {node.role!r}, not a list of options"
+        )
+    listed = listed_options(node)
+    if listed and _collapse(option).casefold() not in {_collapse(o).casefold() for o in listed}:
+        shown = ", ".join(repr(o) for o in listed[:8])
+        return ValidationResult(
+            False, Reason.UNKNOWN_OPTION, f"[{target}] has no option {option!r} (it lists {shown})"
+        )
+    return _VALID
 
 
 def parse_action(s: str) -> Action:
@@ -333,6 +394,8 @@ def equivalence_key(action: Action) -> tuple[object, ...]:
     kind = action.kind
     if kind is ActionKind.TYPE:
         return (kind, action.target, _collapse(action.text or ""), action.press_enter)
+    if kind is ActionKind.SELECT_OPTION:
+        return (kind, action.target, _collapse(action.text or "").casefold())
     if kind is ActionKind.STOP:
         return (kind, _normalise_answer(action.text or ""))
     if kind is ActionKind.GOTO:
@@ -386,6 +449,17 @@ def _parse_stop(kind: ActionKind, rest: str) -> Action:
     return Action(kind, text=_greedy_argument(kind, rest) if rest else "")
 
 
+def _parse_select(kind: ActionKind, rest: str) -> Action:
+    if not rest:
+        raise ActionParseError(Reason.MISSING_TARGET, "select_option needs [id] [option]")
+    target, after = _leading_group(kind, rest)
+    if not target:
+        raise ActionParseError(Reason.MISSING_TARGET, f"empty id in select_option {_show(rest)}")
+    if not after:
+        raise ActionParseError(Reason.MISSING_TEXT, f"select_option [{target}] has no [option]")
+    return Action(kind, target=target, text=_greedy_argument(kind, after))
+
+
 def _parse_type(kind: ActionKind, rest: str) -> Action:
     if not rest:
         raise ActionParseError(Reason.MISSING_TARGET, "type needs [id] [text] [0|1]")
@@ -403,6 +477,7 @@ _PARSERS = {
     ActionKind.CLICK: _parse_element,
     ActionKind.HOVER: _parse_element,
     ActionKind.TYPE: _parse_type,
+    ActionKind.SELECT_OPTION: _parse_select,
     ActionKind.PRESS: _parse_press,
     ActionKind.SCROLL: _parse_scroll,
     ActionKind.GOTO: _parse_goto,
@@ -486,7 +561,7 @@ def _coerce_kind(kind: object) -> ActionKind:
 
 
 def _canonical_target(kind: ActionKind, target: object) -> str | None:
-    if kind in _ELEMENT_KINDS or kind is ActionKind.TAB_FOCUS:
+    if kind in ELEMENT_KINDS or kind is ActionKind.TAB_FOCUS:
         missing = Reason.BAD_TAB_INDEX if kind is ActionKind.TAB_FOCUS else Reason.MISSING_TARGET
         if not isinstance(target, str) or not target.strip():
             raise ActionParseError(missing, f"{kind} needs a target, got {_show(target)}")
@@ -539,6 +614,7 @@ def _canonical_text(kind: ActionKind, text: object) -> str | None:
 
 _TEXT_REASONS = {
     ActionKind.TYPE: Reason.MISSING_TEXT,
+    ActionKind.SELECT_OPTION: Reason.MISSING_TEXT,
     ActionKind.PRESS: Reason.BAD_KEYS,
     ActionKind.SCROLL: Reason.BAD_DIRECTION,
     ActionKind.GOTO: Reason.MISSING_URL,

@@ -35,6 +35,8 @@ from typing import TypeVar
 
 from websynthesis.web.action_space import (
     BROWSERGYM_SCROLL_PX,
+    ELEMENT_KINDS,
+    SELECTABLE_ROLES,
     TYPEABLE_ROLES,
     Action,
     ActionKind,
@@ -45,12 +47,15 @@ from websynthesis.web.action_space import (
     ValidationResult,
     equivalence_key,
     equivalent,
+    listed_options,
     parse_action,
 )
 
 __all__ = [
     "ANSWER_PHRASE",
     "BROWSERGYM_SCROLL_PX",
+    "ELEMENT_KINDS",
+    "SELECTABLE_ROLES",
     "TYPEABLE_ROLES",
     "AXNodeLike",
     "AXTreeLike",
@@ -65,6 +70,7 @@ __all__ = [
     "extract_thought",
     "extract_thought_and_action",
     "format_response",
+    "listed_options",
     "parse_action",
 ]
 
