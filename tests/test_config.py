@@ -49,7 +49,7 @@ def test_every_group_option_composes() -> None:
             "env=webarena",
         ],
         "train": ["curriculum=bc_only", "trainer=cpu", "trainer=gpu"],
-        "evaluate": ["env=webarena", "env=miniwob"],
+        "evaluate": ["env=webarena", "env=miniwob", "env=miniwob_suite"],
     }
     for name, overrides in groups.items():
         for override in overrides:
