@@ -1,108 +1,109 @@
-"""Reproduce docs/results.md: evidence, on 2 CPU cores, that the whole pipeline learns.
+"""Reproduce docs/results.md: do trajectories searched inside the learned world model train a
+better agent? One command, every arm on the same held-out seeds.
 
-    python scripts/learning_evidence.py                 # the full run (< 60 min), docs/results.md
-    python scripts/learning_evidence.py --profile mini  # the one-round miniature CI runs
+    python scripts/learning_evidence.py                      # the full profile: docs/results.*
+    python scripts/learning_evidence.py evidence=mini        # the miniature CI runs
+    python scripts/learning_evidence.py tasks=[click-link,enter-password] pipeline_seeds=[3]
 
-It runs the co-evolution driver with ``+evidence=<profile>`` (conf/evidence/) in
-``outputs/evidence/<profile>/`` (run it again to resume a killed run), then writes the
-report (checks, tables, PNG plots) with :mod:`websynthesis.evolution.report`, followed by
-``<report>_notes.md`` when there is one (the hand-written reading of the numbers). The exit code
-is 1 when ``--strict`` is given and a check fails.
+Hydra composes conf/learning_evidence.yaml (profiles in conf/evidence/); the run dir is
+``outputs/evidence/<profile>`` (``hydra.run.dir=...`` to change it) and a killed run resumes
+there. :mod:`websynthesis.pipelines.evidence` runs the stages; the report (goals, tables,
+plots, ``results.json``) goes to ``docs/`` for the full profile on the suite, else into the
+run dir (``report_dir=...`` to choose), followed by ``<report>_notes.md`` when there is one
+(the hand-written reading of the numbers). It exits 1 when a stage produced nothing.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from websynthesis.evolution import report  # noqa: E402
-from websynthesis.io import atomic_write_json, atomic_write_text  # noqa: E402
+from websynthesis.config import register_configs  # noqa: E402
 
-TITLE = "# Results: the pipeline learns (MiniWoB++, tiny models from scratch, CPU)"
+register_configs()
+
+TITLE = "# Results: agents trained on trajectories searched inside the learned world model"
 INTRO = """\
-No pretrained weights can be had on the machines this project is built on, so this page shows
-that what the project builds learns *by itself*: tiny randomly initialised Qwen2-architecture
-models (2 layers, hidden size 256, a locally trained tokenizer) are trained with LoRA on data
-the pipeline makes, and are measured on MiniWoB++ seeds never used for search or training.
-The untrained baseline is the same policy with the same grammar-constrained decoding, i.e. a
-random *valid* action, under the same step limit. The world model answers in the changes form
-(`model.roles.world_model.template=world_model_delta`) and is scored on the baseline's real
-held-out steps against copying the current page.
+No pretrained weights can be had on the machines this project is built on, so every model here
+is a tiny randomly initialised Qwen2-architecture model (2 layers, hidden size 256, a locally
+trained tokenizer) trained with LoRA on data the pipeline makes: the policy, the world model
+and the process reward model. Every arm is evaluated on the same held-out MiniWoB++ episodes,
+paired (McNemar), with Wilson 95 % intervals. `untrained` is the same policy with no adapter
+under the same grammar (a random *valid* action of the environment's declared action set);
+`random_click` is a uniform random click among the page's clickable elements.
 """
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="full", help="conf/evidence/<profile>.yaml")
-    parser.add_argument("--out", type=Path, help="run dir (default outputs/evidence/<profile>)")
-    parser.add_argument("--report", type=Path, help="default: docs/results.md (full), else <out>")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
-    parser.add_argument("overrides", nargs="*", help="more Hydra overrides of the run")
-    args = parser.parse_args()
-    out = (args.out or ROOT / "outputs" / "evidence" / args.profile).resolve()
-    default_report = ROOT / "docs" / "results.md" if args.profile == "full" else out / "results.md"
-    report_path = (args.report or default_report).resolve()
+@hydra.main(version_base="1.3", config_path="../conf", config_name="learning_evidence")
+def main(cfg: DictConfig) -> None:
+    from websynthesis.evaluation import evidence_report as report
+    from websynthesis.io import atomic_write_json, atomic_write_text
+    from websynthesis.pipelines import evidence
+    from websynthesis.pipelines.stages import read_json
 
-    command = [
-        sys.executable, "-m", "websynthesis.coevolve", f"+evidence={args.profile}",
-        f"hydra.run.dir={out}", *args.overrides,
-    ]  # fmt: skip
-    before = _stages_done(out)
+    out = Path(cfg.paths.output_dir)
+    profile = HydraConfig.get().runtime.choices.get("evidence", "")
+    before = read_json(out / "state.json", {"done": []})["done"]
     started = time.monotonic()
-    subprocess.run(command, cwd=ROOT, check=True)
-    wall = _add_wall_time(out, time.monotonic() - started, worked=_stages_done(out) != before)
-
-    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    stem = report_path.stem
-    plots = {"success": f"{stem}_success.png", "fidelity": f"{stem}_fidelity.png"}
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report.plot_success(metrics, report_path.parent / plots["success"])
-    if any(row.get("fidelity") for _, row in report.rounds(metrics)):
-        report.plot_fidelity(metrics, report_path.parent / plots["fidelity"])
-    else:
-        plots.pop("fidelity")
-    shown = ["python", "scripts/learning_evidence.py", "--profile", args.profile, *args.overrides]
-    body = report.markdown(
-        metrics,
-        command=shlex.join(shown),
-        wall_time_s=wall,
-        machine=_machine(),
-        plots=plots,
+    results = evidence.run(cfg)
+    worked = read_json(out / "state.json", {"done": []})["done"] != before
+    results["wall_time_min"] = round(
+        _add_wall_time(out, time.monotonic() - started, worked) / 60, 1
     )
-    notes = report_path.with_name(f"{stem}_notes.md")  # hand-written reading, kept apart
+    atomic_write_json(out / "results.json", results)
+
+    report_dir = (
+        Path(cfg.report_dir)
+        if cfg.get("report_dir")
+        else (ROOT / "docs" if profile == "full" else out)
+    )
+    report_dir.mkdir(parents=True, exist_ok=True)
+    plots = {"success": "results_success.png", "world_model": "results_world_model.png"}
+    report.plot_arms(results, report_dir / plots["success"])
+    if results.get("world_model"):
+        report.plot_world_model(results, report_dir / plots["world_model"])
+    else:
+        plots.pop("world_model")
+    if results.get("rounds"):
+        plots["rounds"] = "results_rounds.png"
+        report.plot_rounds(results, report_dir / plots["rounds"])
+    command = shlex.join(
+        ["python", "scripts/learning_evidence.py", *HydraConfig.get().overrides.task]
+    )
+    body = report.markdown(results, command=command, machine=_machine(), plots=plots)
+    notes = report_dir / "results_notes.md"  # the hand-written reading, kept apart
     tail = f"\n{notes.read_text(encoding='utf-8')}" if notes.is_file() else ""
-    atomic_write_text(report_path, f"{TITLE}\n\n{INTRO}\n{body}{tail}")
-    failed = [check for check in report.checks(metrics) if not check.passed]
-    for check in report.checks(metrics):
-        print(f"[{'ok' if check.passed else 'FAIL'}] {check.name}: {check.detail}")
-    print(f"report: {report_path}")
-    return 1 if args.strict and failed else 0
+    atomic_write_text(report_dir / "results.md", f"{TITLE}\n\n{INTRO}\n{body}{tail}")
+    atomic_write_json(report_dir / "results.json", results)
+    for goal in report.goals(results):
+        mark = "n/a" if goal.holds is None else "ok" if goal.holds else "MISSED"
+        print(f"[{mark}] {goal.name}: {goal.detail}")
+    print(f"report: {report_dir / 'results.md'}")
 
 
-def _stages_done(out: Path) -> list[str]:
-    path = out / "state.json"
-    return json.loads(path.read_text())["done"] if path.is_file() else []
-
-
-def _add_wall_time(out: Path, seconds: float, *, worked: bool) -> float:
+def _add_wall_time(out: Path, seconds: float, worked: bool) -> float:
     """The run's wall time over every session that worked on it (a resumed run adds up;
     rewriting the report of a finished run adds nothing)."""
+    import json
+
+    from websynthesis.io import atomic_write_json
+
     path = out / "wall_time.json"
     sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
-    if not worked:
-        return sum(sessions)
-    sessions.append(round(seconds, 1))
-    atomic_write_json(path, {"sessions": sessions, "total_s": round(sum(sessions), 1)})
+    if worked:
+        sessions.append(round(seconds, 1))
+        atomic_write_json(path, {"sessions": sessions, "total_s": round(sum(sessions), 1)})
     return sum(sessions)
 
 
@@ -112,4 +113,4 @@ def _machine() -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

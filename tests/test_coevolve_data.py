@@ -189,13 +189,13 @@ def test_the_coevolve_config_composes_with_its_schema() -> None:
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="coevolve", overrides=["+evidence=full", "rounds=1"])
+        cfg = compose(config_name="coevolve", overrides=["rounds=1"])
         with pytest.raises(Exception, match="imagin"):
             compose(config_name="coevolve", overrides=["imagin.max_steps=3"])
     GlobalHydra.instance().clear()
     assert cfg.rounds == 1 and len(cfg.tasks) >= 5
     assert not set(cfg.train_seeds) & set(cfg.eval_seeds)
-    assert "model.roles.world_model.template=world_model_delta" in cfg.overrides.common
+    assert "model=tiny" in cfg.overrides.common
 
 
 # --- imagined trajectories ------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""The one-round miniature of docs/results.md's evidence, end to end, as a user runs it.
+"""The miniature of docs/results.md's evidence, end to end, as a user runs it.
 
-``scripts/learning_evidence.py --profile mini`` runs every co-evolution stage for real (MCTS
-in Chromium, LoRA training with Lightning, live evaluation, imagined trajectories, fidelity)
-on two MiniWoB++ tasks, then writes the report. Run again on the same dir, it redoes nothing.
+``scripts/learning_evidence.py evidence=mini`` runs every stage for real (MCTS in Chromium and
+inside the trained world model, LoRA training with Lightning for the policy, world and reward
+models, live evaluation of every arm, replays of imagined successes, fidelity; the co-evolution
+rounds are left to the full profile) on two MiniWoB++ tasks, then writes the report and
+``results.json``. Run again on the same dir, it redoes nothing.
 """
 
 from __future__ import annotations
@@ -14,20 +16,31 @@ from pathlib import Path
 
 import pytest
 
+from websynthesis.pipelines.evidence import ARMS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-ROUND_ZERO = ["baseline", "search", "policy", "world_model", "fidelity", "evaluate"]
-ROUND_ONE = ["sample", "policy", "world_model", "imagine", "fidelity", "evaluate"]
+PER_SEED = [
+    "live_search", "explore", "real_data", "world_model", "reward_model", "first_pages",
+    "imagined_search", "reproduce",
+    "train_bc_live", "eval_bc_live", "train_bc_imagined", "eval_bc_imagined",
+    "train_bc_imagined_valuable", "eval_bc_imagined_valuable",
+    "train_textui_bc_imagined", "eval_textui_bc_imagined", "eval_wmla", "fidelity",
+]  # fmt: skip
 
 
 def run_script(out: Path, cache: Path) -> subprocess.CompletedProcess[str]:
     command = [
-        sys.executable, "scripts/learning_evidence.py", "--profile", "mini", "--out", str(out),
-        f"paths.cache_dir={cache}",
+        sys.executable, "scripts/learning_evidence.py", "evidence=mini", f"hydra.run.dir={out}",
+        f"report_dir={out / 'report'}", f"paths.cache_dir={cache}",
     ]  # fmt: skip
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1700)
+
+
+def seeds_of(run: Path) -> set[int]:
+    return {json.loads(line)["seed"] for line in (run / "episodes.jsonl").open()}
 
 
 def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_path: Path) -> None:
@@ -37,43 +50,46 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
     assert first.returncode == 0, first.stderr[-4000:]
 
     done = json.loads((out / "state.json").read_text())["done"]
-    assert done == [f"round_0/{s}" for s in ROUND_ZERO] + [f"round_1/{s}" for s in ROUND_ONE]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["train_seeds"] == [0, 1, 2] and metrics["eval_seeds"] == [1000, 1001]
-    zero, one = metrics["rounds"]["0"], metrics["rounds"]["1"]
-    for row in (zero, one):
-        assert 0.0 <= row["success_rate"] <= 1.0
-        assert set(row["tasks"]) == {"click-test", "focus-text"}
-        assert row["fidelity"]["transitions"] > 0
-    assert 0.0 <= zero["baseline_success_rate"] <= 1.0
-    assert one["policy_data"]["examples"] >= zero["policy_data"]["examples"]
-    assert one["imagine"]["queries"] == sum(one["imagine"]["outcomes"].values())
+    assert done == ["untrained", "random_click", *(f"seed_0/{s}" for s in PER_SEED)]
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results == json.loads((out / "results.json").read_text())
+    assert results["tasks"] == ["click-button", "choose-list"]
+    assert results["train_seeds"] == [0, 1, 2] and results["eval_seeds"] == [1000, 1001]
+    assert set(results["arms"]) == set(ARMS)
+    for arm, row in results["arms"].items():
+        assert row["episodes"] == 4, arm  # 2 tasks x 2 held-out seeds, every arm the same
+        assert 0 <= row["successes"] <= 4 and row["ci95"][0] <= row["rate"] <= row["ci95"][1]
+    assert results["wall_time_min"] > 0
+    steps = results["pipeline_seed_runs"]["0"]["real_steps"]
+    assert 0 < steps["bc_imagined"] <= steps["bc_live"]
+    rep = results["reproduction"]
+    assert 0 <= rep["reproduced"] <= rep["imagined_successes"]
+    assert results["world_model"]["all"]["n"] > 0
+    assert results["rounds"] == []  # mini.yaml: coevolve.rounds=0 (CI's time)
+    report = (out / "report" / "results.md").read_text()
+    assert "## Goals" in report and "![success per arm](results_success.png)" in report
+    assert (out / "report" / "results_success.png").stat().st_size > 0
 
-    # Held-out seeds are never searched, sampled or trained on.
-    searched = {json.loads(line)["task_id"] for line in (out / "round_0/search/trees.jsonl").open()}
+    # Held-out seeds are never searched, explored or trained on; every arm ran on them.
+    searched = {
+        json.loads(line)["task_id"] for line in (out / "seed_0/live_search/trees.jsonl").open()
+    }
     assert {task.rsplit("@", 1)[1] for task in searched} == {"0", "1", "2"}
-    for stage in ("round_1/sample",):
-        seeds = {json.loads(line)["seed"] for line in (out / stage / "episodes.jsonl").open()}
-        assert seeds == {0, 1, 2}
-    for stage in ("round_0/baseline", "round_0/evaluate", "round_1/evaluate"):
-        seeds = {json.loads(line)["seed"] for line in (out / stage / "episodes.jsonl").open()}
-        assert seeds == {1000, 1001}
-    for adapter in ("round_0/world_model", "round_1/world_model"):
-        assert (out / adapter / "adapter" / "adapter_config.json").is_file()
-    warm = json.loads((out / "round_1/world_model/stages/1-world_model/done.json").read_text())
-    assert warm["started_from"] == str(out / "round_0/world_model/adapter")  # warm_start
-    for index, row in enumerate((zero, one)):  # a round with no accepted data trains nothing
-        trained = (out / f"round_{index}/policy/adapter/adapter_config.json").is_file()
-        assert trained == (row["policy_data"]["examples"] > 0) != ("policy_skipped" in row)
+    imagined = {
+        json.loads(line)["task_id"] for line in (out / "seed_0/imagined_search/trees.jsonl").open()
+    }
+    assert {task.rsplit("@", 1)[1] for task in imagined} <= {"0", "1", "2"}
+    assert seeds_of(out / "seed_0/explore") == {0, 1, 2}
+    for arm in ("untrained", "random_click"):
+        assert seeds_of(out / arm) == {1000, 1001}
+    for stage in ("eval_bc_live", "eval_bc_imagined", "eval_wmla"):
+        assert seeds_of(out / "seed_0" / stage) == {1000, 1001}
+    random_actions = [
+        json.loads(line)["actions"] for line in (out / "random_click/episodes.jsonl").open()
+    ]
+    assert all(a.startswith("click [") for actions in random_actions for a in actions)
 
-    report = (out / "results.md").read_text()
-    assert "## Checks" in report and "held-out seeds are disjoint" in report
-    assert (out / "results_success.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "results_fidelity.png").read_bytes()[:4] == b"\x89PNG"
-
-    episodes = (out / "round_1/evaluate/episodes.jsonl").read_text()
-    second = run_script(out, cache)  # a rerun on a finished run dir redoes nothing
-    assert second.returncode == 0, second.stderr[-4000:]
+    again = run_script(out, cache)
+    assert again.returncode == 0, again.stderr[-4000:]
     assert json.loads((out / "state.json").read_text())["done"] == done
-    assert (out / "round_1/evaluate/episodes.jsonl").read_text() == episodes
-    assert len(json.loads((out / "wall_time.json").read_text())["sessions"]) == 1  # no work
+    assert json.loads((out / "wall_time.json").read_text())["sessions"].__len__() == 1

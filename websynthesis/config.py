@@ -160,12 +160,17 @@ class TrainDataConfig(DataConfig):
     ``max_length`` examples are fitted by shortening the observation, never the target.
     ``mask_history`` puts the loss on the last assistant turn only (earlier ones are
     few-shot examples). The source fields (``trajectories_dir``, ``transitions``,
-    ``imagined``, ``external``, ``textui``, ``world_model``) are read by the mix builders:
-    see ``websynthesis.data.mixes``.
+    ``imagined``, ``external``, ``textui``, ``world_model``, and for the ``reward`` and
+    ``judge`` mixes ``episodes`` (evaluate.py run dirs), ``trees`` (live-browser
+    synthesize.py run dirs or trees.jsonl files) and ``reward`` (``unresolved``, ``balance``))
+    are read by the mix builders: see ``websynthesis.data.mixes``.
     """
 
     trajectories_dir: str | None = None
     transitions: list[str] = field(default_factory=list)
+    episodes: list[str] = field(default_factory=list)
+    trees: list[str] = field(default_factory=list)
+    reward: dict[str, Any] = field(default_factory=dict)
     imagined: bool = False
     external: list[Any] = field(default_factory=list)
     textui: dict[str, Any] = field(default_factory=dict)
@@ -459,12 +464,85 @@ class CoevolveConfig:
     overrides: StageOverrides = field(default_factory=StageOverrides)
 
 
+@dataclass
+class EvidenceOverrides:
+    """Hydra overrides of the evidence's stage jobs: ``common`` for all, ``env`` for those in
+    the environment, ``search`` for both searches, then per stage (``live_search`` and
+    ``imagined_search`` after ``search``; ``explore`` after ``evaluate``; ``textui`` after
+    ``policy`` for the warm-up arm; ``wmla`` after ``evaluate`` for the look-ahead arm)."""
+
+    common: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    search: list[str] = field(default_factory=list)
+    live_search: list[str] = field(default_factory=list)
+    imagined_search: list[str] = field(default_factory=list)
+    explore: list[str] = field(default_factory=list)
+    policy: list[str] = field(default_factory=list)
+    textui: list[str] = field(default_factory=list)
+    world_model: list[str] = field(default_factory=list)
+    reward_model: list[str] = field(default_factory=list)
+    fidelity: list[str] = field(default_factory=list)
+    evaluate: list[str] = field(default_factory=list)
+    wmla: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExploreSettings:
+    """The untrained policy's episodes per training instance that the world and reward
+    models learn from (cut to the live search's real steps)."""
+
+    attempts: int = 4
+
+
+@dataclass
+class WmlaArm:
+    """Which trained arm (fixed before any result) is evaluated again with look-ahead."""
+
+    arm: str = "bc_imagined"
+
+
+@dataclass
+class EvidenceCoevolve:
+    """WebEvolver's rounds after round 0 (0: none), with extra overrides of the co-evolution
+    config itself (e.g. ``imagine.threshold=0.5``)."""
+
+    rounds: int = 2
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvidenceConfig:
+    """The learning evidence (``scripts/learning_evidence.py``; conf/learning_evidence.yaml,
+    profiles in conf/evidence/; :mod:`websynthesis.pipelines.evidence`).
+
+    Every arm is evaluated on ``tasks`` x ``eval_seeds`` x ``eval_attempts``; ``train_seeds``
+    (disjoint, checked) are searched, explored and trained on; the headline arms run once per
+    ``pipeline_seeds`` entry, the others on the first.
+    """
+
+    task_name: str = "learning_evidence"
+    tags: list[str] = field(default_factory=list)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    environment: str = "miniwob"
+    tasks: list[str] = field(default_factory=list)
+    train_seeds: list[int] = field(default_factory=list)
+    eval_seeds: list[int] = field(default_factory=list)
+    eval_attempts: int = 1
+    pipeline_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    explore: ExploreSettings = field(default_factory=ExploreSettings)
+    wmla: WmlaArm = field(default_factory=WmlaArm)
+    coevolve: EvidenceCoevolve = field(default_factory=EvidenceCoevolve)
+    overrides: EvidenceOverrides = field(default_factory=EvidenceOverrides)
+    report_dir: str | None = None
+
+
 SCHEMAS: dict[str, type] = {
     "synthesize_schema": SynthesizeConfig,
     "train_schema": TrainConfig,
     "evaluate_schema": EvaluateConfig,
     "serve_schema": ServeConfig,
     "coevolve_schema": CoevolveConfig,
+    "learning_evidence_schema": EvidenceConfig,
 }
 
 

@@ -8,6 +8,8 @@ mix                           built from                                  target
 ``state_transition``          transitions                                  derived: the diff
 ``world_model``               transitions                                  derived: next tree
 ``valuable``, ``rollback``    ``<trajectories_dir>/<mix>.jsonl``           synthesize.py's
+``reward``                    ``episodes`` run dirs + live ``trees``       derived: outcome
+``judge``                     the same, whole trajectories                derived: outcome
 ============================  ==========================================  =================
 
 For every mix: ``train_files.<mix>`` (a chat JSONL), when set, *replaces* what would be
@@ -21,6 +23,14 @@ Transitions come from ``transitions`` (files from evaluate.py: real unless a row
 otherwise) and ``external`` entries of format ``os_genesis`` (real); with ``imagined: true``
 also from ``<trajectories_dir>/transitions.jsonl`` (synthesize.py: imagined), and imagined rows
 of the other files are kept. They feed every transition-based mix, pages included.
+
+``reward`` and ``judge`` (:mod:`websynthesis.data.reward_data`) read ``episodes`` (evaluate.py
+run dirs: ``episodes.jsonl`` + ``transitions.jsonl``) and ``trees`` (synthesize.py
+``world=browser`` run dirs or their ``trees.jsonl``; imagined trees are skipped), label each
+step by the environment's outcomes (on a path to a success: high or the middle level; no
+success below: low) in the student's reward and judge prompts and scales; ``reward.unresolved``
+(``skip``/``low``: search leaves never resolved) and ``reward.balance`` (draw the larger of
+good and bad down to the smaller) tune both.
 
 The teacher is a :class:`~websynthesis.models.roles.ModelClient` or a bare backend (wrap it in a
 :class:`~websynthesis.models.cache.CachedBackend` so rebuilds replay). Prompts follow the
@@ -43,6 +53,13 @@ from websynthesis.data.external import (
     ExternalSource,
     load_examples,
     load_os_genesis,
+)
+from websynthesis.data.reward_data import (
+    judge_examples,
+    labelled_steps,
+    labelled_trajectories,
+    read_outcomes,
+    reward_examples,
 )
 from websynthesis.data.tasks import Task, load_tasks
 from websynthesis.data.textui import (
@@ -69,6 +86,8 @@ MIX_NAMES = (
     "world_model",
     "valuable",
     "rollback",
+    "reward",
+    "judge",
 )
 
 Builder = Callable[[Any, ModelClient | None, Any, Counter[str]], list[ChatExample]]
@@ -217,6 +236,34 @@ def _trajectories(name: str) -> Builder:
     return build
 
 
+def _outcome_mix(name: str) -> Builder:
+    """``reward`` or ``judge``: steps or trajectories labelled by the environment's outcomes."""
+
+    def build(
+        data_cfg: Any, teacher: ModelClient | None, model_cfg: Any, counts: Counter[str]
+    ) -> list[ChatExample]:
+        episodes, trees = list(data_cfg.get("episodes") or []), list(data_cfg.get("trees") or [])
+        if not episodes and not trees:
+            return []  # no source: build_mix says what to set
+        settings = data_cfg.get("reward") or {}
+        role = student_role(model_cfg, name)
+        outcomes = read_outcomes(episodes, trees, counts=counts)
+        balance, seed = bool(settings.get("balance", False)), _seed(data_cfg)
+        if name == "reward":
+            unresolved = str(settings.get("unresolved", "skip"))
+            steps = labelled_steps(
+                outcomes, role.settings.scale, unresolved=unresolved, counts=counts
+            )
+            found = reward_examples(steps, role, balance=balance, seed=seed, counts=counts)
+        else:
+            trajectories = labelled_trajectories(outcomes, counts=counts)
+            found = judge_examples(trajectories, role, balance=balance, seed=seed, counts=counts)
+        counts["empty_source"] += not found  # episodes with no usable step: data, not config
+        return found
+
+    return build
+
+
 _BUILDERS: dict[str, Builder] = {
     "dense_caption": _dense_caption,
     "element_function": _element_function,
@@ -224,6 +271,8 @@ _BUILDERS: dict[str, Builder] = {
     "world_model": _world_model,
     "valuable": _trajectories("valuable"),
     "rollback": _trajectories("rollback"),
+    "reward": _outcome_mix("reward"),
+    "judge": _outcome_mix("judge"),
 }
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from websynthesis.data.transitions import Transition, read_transitions
+from websynthesis.evaluation.significance import bootstrap_mean
 from websynthesis.models.prompts import WorldModelInput
 from websynthesis.models.roles import ModelClient
 from websynthesis.web.observation import AXTree, Score, compare_trees, diff_trees, parse_axtree
@@ -153,10 +154,38 @@ def fidelity_report(
         kind: {
             "model": aggregate([model[i] for i in indices]),
             "copy_baseline": aggregate([baseline[i] for i in indices]),
+            "change_f1_ci95": _change_f1_intervals(
+                [model[i] for i in indices], [baseline[i] for i in indices]
+            ),
         }
         for kind, indices in sorted(kinds.items())
     }
-    return {"model": aggregate(model), "copy_baseline": aggregate(baseline), "by_action": by_action}
+    return {
+        "model": aggregate(model),
+        "copy_baseline": aggregate(baseline),
+        "change_f1_ci95": _change_f1_intervals(model, baseline),
+        "by_action": by_action,
+    }
+
+
+def _change_f1_intervals(
+    model: Sequence[FidelityScores], baseline: Sequence[FidelityScores]
+) -> dict[str, list[float] | None]:
+    """Bootstrap 95 % intervals of the model's and copying's mean change F1 and of their
+    paired difference (the same transitions): the difference's interval above 0 is what
+    "beats copying" means."""
+
+    def interval(values: list[float]) -> list[float] | None:
+        found = bootstrap_mean(values)
+        return None if found is None else [round(found[1], 4), round(found[2], 4)]
+
+    ours = [s.change_f1 for s in model]
+    copied = [s.change_f1 for s in baseline]
+    return {
+        "model": interval(ours),
+        "copy_baseline": interval(copied),
+        "model_minus_copy": interval([a - b for a, b in zip(ours, copied, strict=True)]),
+    }
 
 
 async def evaluate_fidelity(

@@ -33,14 +33,12 @@ round's success, fidelity and data counts, which also go to the configured logge
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hydra import compose
 from omegaconf import DictConfig
 
 from websynthesis import tracking
@@ -48,6 +46,7 @@ from websynthesis.data.chat import ChatExample, read_chat_jsonl, write_chat_json
 from websynthesis.data.episodes import episode_examples, read_episodes
 from websynthesis.data.transitions import action_set_field, failer
 from websynthesis.io import atomic_write_json
+from websynthesis.pipelines.stages import StagedRun, check_split, read_json
 from websynthesis.web.observation import parse_axtree
 
 log = logging.getLogger(__name__)
@@ -65,22 +64,15 @@ class CoEvolution:
     """One co-evolution run dir (see the module docstring)."""
 
     def __init__(self, cfg: DictConfig) -> None:
-        train, held_out = set(cfg.train_seeds), set(cfg.eval_seeds)
-        if not train or not held_out:
-            raise ValueError("train_seeds and eval_seeds must both list seeds")
-        if train & held_out:
-            raise ValueError(f"seeds {sorted(train & held_out)} are both training and held-out")
-        if not cfg.tasks:
-            raise ValueError("tasks must name the environment's tasks")
+        check_split(cfg)
         unknown = set(cfg.warm_start.models) - {"policy", "world_model"}
         if unknown:
             raise ValueError(f"warm_start.models: {sorted(unknown)} (policy, world_model only)")
         self.cfg = cfg
         self.out = Path(cfg.paths.output_dir)
-        self.state_path = self.out / "state.json"
+        self.stages = StagedRun(self.out, cfg.overrides.common, int(cfg.seed), prefix="coevolve")
         self.metrics_path = self.out / "metrics.json"
-        self.done: list[str] = _read_json(self.state_path, {"done": []})["done"]
-        self.metrics: dict[str, Any] = _read_json(self.metrics_path, {"rounds": {}})
+        self.metrics: dict[str, Any] = read_json(self.metrics_path, {"rounds": {}})
 
     def run(self) -> dict[str, Any]:
         loggers = tracking.instantiate_loggers(self.cfg.get("logger"))
@@ -103,33 +95,17 @@ class CoEvolution:
         return self.out / f"round_{round_index}" / stage
 
     def _stage(self, round_index: int, stage: str) -> None:
-        name = f"round_{round_index}/{stage}"
-        if name in self.done:
-            return
         if stage == "baseline" and not self.cfg.baseline:
             return
         if round_index == 0 and stage != "baseline" and not self.cfg.mcts:
             return  # no live search to start from: round 1 samples the base policy
-        log.info("co-evolution: %s", name)
-        getattr(self, f"_{stage}")(round_index, self.dir(round_index, stage))
-        self.done.append(name)
-        atomic_write_json(self.state_path, {"done": self.done})
+        run = getattr(self, f"_{stage}")
+        self.stages.stage(f"round_{round_index}/{stage}", lambda out: run(round_index, out))
 
     def _job(self, config_name: str, out: Path, overrides: list[str]) -> DictConfig:
         """A stage's job config: ``config_name``'s composition with the run's and the
         stage's overrides, writing into ``out``."""
-        cfg = compose(
-            config_name=config_name,
-            overrides=[
-                *self.cfg.overrides.common,
-                *overrides,
-                f"paths.output_dir={out}",
-                f"seed={int(self.cfg.seed)}",
-                f"task_name=coevolve_{out.parent.name}_{out.name}",
-            ],
-        )
-        out.mkdir(parents=True, exist_ok=True)
-        return cfg
+        return self.stages.job(config_name, out, overrides)
 
     def _adapter(self, round_index: int, stage: str) -> str | None:
         """The newest adapter trained for ``stage`` (policy or world_model) in this round or
@@ -333,18 +309,18 @@ class CoEvolution:
 
     def _round_metrics(self, round_index: int) -> dict[str, Any]:
         row: dict[str, Any] = {}
-        summary = _read_json(self.dir(round_index, "evaluate") / "summary.json", None)
+        summary = read_json(self.dir(round_index, "evaluate") / "summary.json", None)
         if summary is not None:
             row["success_rate"] = summary["overall"]["success_rate"]
             row["tasks"] = {name: t["success_rate"] for name, t in summary["tasks"].items()}
         if round_index == 0:
-            baseline = _read_json(self.dir(0, "baseline") / "summary.json", None)
+            baseline = read_json(self.dir(0, "baseline") / "summary.json", None)
             if baseline is not None:
                 row["baseline_success_rate"] = baseline["overall"]["success_rate"]
                 row["baseline_tasks"] = {
                     name: t["success_rate"] for name, t in baseline["tasks"].items()
                 }
-        fidelity = _read_json(self.dir(round_index, "fidelity") / "fidelity.json", None)
+        fidelity = read_json(self.dir(round_index, "fidelity") / "fidelity.json", None)
         if fidelity is not None and "model" in fidelity:
             row["fidelity"] = {
                 "model": fidelity["model"],
@@ -352,16 +328,16 @@ class CoEvolution:
                 "transitions": fidelity["model"].get("transitions"),
                 "by_action": fidelity.get("by_action"),
             }
-        data = _read_json(self.dir(round_index, "data") / "policy_stats.json", None)
+        data = read_json(self.dir(round_index, "data") / "policy_stats.json", None)
         if data is not None:
             row["policy_data"] = data
-        skipped = _read_json(self.dir(round_index, "policy") / "skipped.json", None)
+        skipped = read_json(self.dir(round_index, "policy") / "skipped.json", None)
         if skipped is not None:
             row["policy_skipped"] = skipped
-        imagined = _read_json(self.dir(round_index, "imagine") / "stats.json", None)
+        imagined = read_json(self.dir(round_index, "imagine") / "stats.json", None)
         if imagined is not None:
             row["imagine"] = imagined
-        sample = _read_json(self.dir(round_index, "sample") / "summary.json", None)
+        sample = read_json(self.dir(round_index, "sample") / "summary.json", None)
         if sample is not None:
             row["sample_success_rate"] = sample["overall"]["success_rate"]
         self.metrics["rounds"][str(round_index)] = row
@@ -381,12 +357,6 @@ class _NoBackend:
 
 def _value(path: str | None) -> str:
     return "null" if path is None else path
-
-
-def _read_json(path: Path, default: Any) -> Any:
-    if not path.is_file():
-        return default
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _flat(row: dict[str, Any], prefix: str = "coevolve/") -> dict[str, float]:

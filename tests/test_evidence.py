@@ -1,0 +1,231 @@
+"""The learning evidence's own logic: the real-step budget, first pages, replays, results.
+
+The stages themselves are the project's pipelines (tested on their own and end to end in
+tests/test_learning_evidence.py); here, what the evidence adds, on hand-made run dirs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from websynthesis.data.chat import ChatExample, write_chat_jsonl
+from websynthesis.env.base import EnvError, Observation, StepResult
+from websynthesis.evaluation.evidence_report import goals, markdown
+from websynthesis.evaluation.replay import ImaginedPath, imagined_paths, replay, reproduction
+from websynthesis.pipelines.evidence import (
+    ARMS,
+    first_pages,
+    live_real_steps,
+    results,
+    within_budget,
+)
+from websynthesis.web.actions import Action, format_response, parse_action
+from websynthesis.web.observation import parse_axtree
+
+PAGE = "Tab 0 (current): Task\n\n[1] RootWebArea 'Task'\n\t[4] button 'OK'"
+
+
+def write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def explore_dir(root: Path) -> Path:
+    """Two tasks x two seeds x two attempts; episode (task, seed, attempt) takes seed+1 steps."""
+    episodes, steps = [], []
+    for attempt in (0, 1):
+        for seed in (0, 1):
+            for task in ("a", "b"):
+                episodes.append(
+                    {"task": task, "seed": seed, "attempt": attempt, "success": seed == 1}
+                )
+                for step in range(seed + 1):
+                    steps.append(
+                        {"task_id": task, "seed": seed, "attempt": attempt, "step": step,
+                         "objective": f"do {task}{seed}", "observation": PAGE, "url": "file://x",
+                         "action_set": ["click", "stop"], "action": "click [4]"}
+                    )  # fmt: skip
+    episodes.append({"task": "a", "seed": 0, "attempt": 2, "success": False, "error": "crash"})
+    write_lines(root / "episodes.jsonl", episodes)
+    write_lines(root / "transitions.jsonl", steps)
+    return root
+
+
+def test_within_budget_keeps_episodes_breadth_first_while_they_fit(tmp_path: Path) -> None:
+    explore = explore_dir(tmp_path / "explore")
+    # Attempt 0 costs (1+1)*2 + (1+2)*2 = 10 real steps (a reset + the steps each).
+    kept = within_budget(explore, tmp_path / "real", budget=12)
+    assert kept == {"episodes": 5, "transitions": 7, "real_steps": 12, "left_out": 4}
+    rows = [json.loads(line) for line in (tmp_path / "real/transitions.jsonl").open()]
+    assert {r["attempt"] for r in rows} == {0, 1}  # every first attempt before any second
+    assert sum(r["attempt"] == 0 for r in rows) == 6
+    everything = within_budget(explore, tmp_path / "all", budget=10**6)
+    assert everything["episodes"] == 8 and everything["left_out"] == 1  # the errored one
+
+
+def test_first_pages_are_one_task_per_instance_with_its_state(tmp_path: Path) -> None:
+    tasks = first_pages(explore_dir(tmp_path))
+    assert [t.task_id for t in tasks] == ["a@0", "a@1", "b@0", "b@1"]
+    assert tasks[1].intent == "do a1" and tasks[1].state == PAGE
+    assert tasks[1].actions == ("click", "stop") and tasks[1].start_url == "file://x"
+
+
+def test_live_real_steps_add_resets_replays_and_direct_steps(tmp_path: Path) -> None:
+    world = {"resets": 6, "replays": 3, "replayed_steps": 11, "direct": 40, "mismatches": 0}
+    (tmp_path / "stats.json").write_text(json.dumps({"counters": {"world": world}}))
+    assert live_real_steps(tmp_path) == 57
+    with pytest.raises(RuntimeError, match=r"stats\.json"):
+        live_real_steps(tmp_path / "missing")
+
+
+# --- replays -------------------------------------------------------------------------------
+
+
+class ScriptedEnv:
+    """Solves the episode on ``click [4]`` of the seed's own page; refuses ids not on it."""
+
+    def __init__(self, fail_reset: bool = False) -> None:
+        self.fail_reset = fail_reset
+        self.calls: list[str] = []
+
+    def reset(self, task: str, seed: int) -> Observation:
+        self.calls.append(f"reset {task} {seed}")
+        if self.fail_reset:
+            raise EnvError("browser died")
+        return self._observation()
+
+    def step(self, action: Action) -> StepResult:
+        self.calls.append(str(action))
+        error = None if action.target in (None, "4", "5") else f"unknown_id: [{action.target}]"
+        solved = action.target == "4"
+        return StepResult(self._observation(error), 1.0 if solved else 0.0, solved)
+
+    def _observation(self, error: str | None = None) -> Observation:
+        return Observation(parse_axtree(PAGE), PAGE, "file://x", "OK", ("file://x",), error)
+
+    def read_page(self, url: str | None = None, script: str | None = None) -> str:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+def test_replay_outcomes() -> None:
+    env = ScriptedEnv()
+    won = replay(env, ImaginedPath("a@3", (parse_action("click [5]"), parse_action("click [4]"))))
+    assert (won.reproduced, won.steps, won.why) == (True, 2, None)
+    assert env.calls[0] == "reset a 3"
+    refused = replay(env, ImaginedPath("a@3", (parse_action("click [9]"),)))
+    assert (refused.reproduced, refused.why) == (False, "refused")
+    stopped = replay(env, ImaginedPath("a@3", (parse_action("click [5]"), parse_action("stop []"))))
+    assert (stopped.reproduced, stopped.why) == (False, "unrewarded")
+    short = replay(env, ImaginedPath("b@1", (parse_action("click [5]"),)))
+    assert short.why == "ran_out"
+    broken = replay(ScriptedEnv(fail_reset=True), ImaginedPath("b@1", ()))
+    assert broken.error == "browser died" and not broken.reproduced
+    summary = reproduction([won, refused, stopped, short, broken])
+    assert (summary["imagined_successes"], summary["reproduced"], summary["errors"]) == (4, 1, 1)
+    assert summary["tasks"]["a"]["why"] == {"refused": 1, "unrewarded": 1}
+
+
+def test_imagined_paths_read_each_trees_steps_in_depth_order(tmp_path: Path) -> None:
+    def step(task: str, depth: int, action: str) -> ChatExample:
+        answer = format_response("ok", parse_action(action))
+        messages = ({"role": "user", "content": "q"}, {"role": "assistant", "content": answer})
+        return ChatExample(messages, {"task_id": task, "depth": depth, "kind": "valuable"})
+
+    path = tmp_path / "valuable.jsonl"
+    write_chat_jsonl(
+        path, [step("a@1", 2, "stop []"), step("a@1", 1, "click [4]"), step("b@0", 1, "click [5]")]
+    )
+    paths = imagined_paths(path)
+    assert [(p.task_id, [str(a) for a in p.actions]) for p in paths] == [
+        ("a@1", ["click [4]", "stop []"]),
+        ("b@0", ["click [5]"]),
+    ]
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+def episodes(run: Path, wins: set[int], seeds: range = range(1000, 1010)) -> None:
+    write_lines(
+        run / "episodes.jsonl",
+        [{"task": "a", "seed": s, "attempt": 0, "success": s in wins} for s in seeds],
+    )
+
+
+def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
+    tmp_path: Path,
+) -> None:
+    cfg = OmegaConf.create(
+        {"tasks": ["a"], "train_seeds": [0, 1], "eval_seeds": list(range(1000, 1010)),
+         "pipeline_seeds": [0], "eval_attempts": 1, "wmla": {"arm": "bc_imagined"}}
+    )  # fmt: skip
+    episodes(tmp_path / "untrained", {1000})
+    episodes(tmp_path / "random_click", set())
+    seed = tmp_path / "seed_0"
+    episodes(seed / "eval_bc_live", set(range(1000, 1008)))
+    episodes(seed / "eval_bc_imagined", set(range(1000, 1007)))
+    episodes(seed / "eval_bc_imagined_valuable", set(range(1000, 1007)))
+    episodes(seed / "eval_textui_bc_imagined", {1000, 1001})
+    episodes(seed / "eval_wmla", set(range(1000, 1009)))
+    (seed / "train_textui_bc_imagined").mkdir(parents=True)
+    (seed / "train_textui_bc_imagined" / "skipped.json").write_text("{}")
+    (seed / "real_data").mkdir()
+    (seed / "real_data" / "budget.json").write_text(json.dumps({"budget": 90, "real_steps": 88}))
+    found = results(cfg, tmp_path)
+    assert set(found["arms"]) == set(ARMS)
+    assert found["arms"]["bc_imagined"] | {} == found["arms"]["bc_imagined_valuable_rollback"]
+    assert found["arms"]["bc_live"]["successes"] == 8 and found["arms"]["bc_live"]["episodes"] == 10
+    assert found["arms"]["textui_bc_imagined"]["trained"] is False
+    assert found["paired"]["bc_imagined_vs_untrained"]["only_a"] == 6
+    assert found["paired"]["bc_imagined_vs_bc_live"]["only_b"] == 1
+    assert found["reproduction"] == {"imagined_successes": 0, "reproduced": 0, "tasks": {}}
+    assert found["pipeline_seed_runs"]["0"]["real_steps"]["bc_imagined"] == 88
+    for key in ("tasks", "train_seeds", "eval_seeds", "wall_time_min", "world_model", "rounds"):
+        assert key in found
+    shown = {goal.name: goal.holds for goal in goals(found)}
+    assert shown["train and held-out seeds are disjoint"] is True
+    assert shown[">= 50 % of imagined successes reproduce in the browser"] is None
+    assert shown["wmla >= +5 points over the same policy without it"] is True
+    page = markdown(
+        found, command="python scripts/learning_evidence.py", machine="2 CPUs", plots={}
+    )
+    assert "| BC on live-MCTS trajectories (`bc_live`) | 8/10 | 80.0 %" in page
+    assert "(no data: untrained)" in page
+
+
+@pytest.mark.parametrize("profile", ["full", "mini"])
+def test_the_evidence_profiles_compose_with_their_schema(profile: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from websynthesis.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(config_name="learning_evidence", overrides=[f"evidence={profile}"])
+        with pytest.raises(Exception, match="pipeline_seed"):
+            compose(config_name="learning_evidence", overrides=["pipeline_seed=[1]"])
+    GlobalHydra.instance().clear()
+    assert not set(cfg.train_seeds) & set(cfg.eval_seeds)
+    assert cfg.wmla.arm == "bc_imagined" and cfg.pipeline_seeds
+    if profile == "full":  # the issue's sizes: >= 160 episodes an arm, 2 pipeline seeds
+        assert len(cfg.tasks) * len(cfg.eval_seeds) * cfg.eval_attempts >= 160
+        assert len(cfg.pipeline_seeds) >= 2
+
+
+def test_the_full_profile_runs_the_task_suite() -> None:
+    """docs/results.md is measured on the suite whose text differs by seed (env/suites.py)."""
+    from websynthesis.env.suites import suite_names
+
+    full = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/evidence/full.yaml")
+    assert list(full.tasks) == suite_names()

@@ -1,0 +1,297 @@
+"""What the learning evidence shows: its goals, tables and plots, from ``results.json``.
+
+It reads only ``results.json`` (:func:`websynthesis.pipelines.evidence.results`), so the page
+can be regenerated from the numbers alone. The goals are the issue's, fixed before any
+result; each is reported with its numbers whether it holds or not. A goal missed is a
+finding, not a reason to change the evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ARM_LABELS = {
+    "untrained": "untrained (random valid action)",
+    "random_click": "random click",
+    "bc_live": "BC on live-MCTS trajectories",
+    "bc_imagined": "BC on world-model-MCTS trajectories",
+    "textui_bc_imagined": "TextUI warm-up, then BC (imagined)",
+    "bc_imagined_valuable": "BC, imagined valuable only",
+    "bc_imagined_valuable_rollback": "BC, imagined valuable + rollback",
+    "wmla": "with WMLA look-ahead",
+}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One goal of the evidence, the numbers behind it and whether they hold."""
+
+    name: str
+    holds: bool | None  # None: not measurable in this run (e.g. nothing imagined)
+    detail: str
+
+
+def goals(results: dict[str, Any]) -> list[Goal]:
+    arms, paired = results["arms"], results.get("paired", {})
+    out = [
+        Goal(
+            "train and held-out seeds are disjoint",
+            not set(results["train_seeds"]) & set(results["eval_seeds"]),
+            f"train {_seeds(results['train_seeds'])}; held-out {_seeds(results['eval_seeds'])}",
+        )
+    ]
+    base, imagined, live = arms["untrained"], arms["bc_imagined"], arms["bc_live"]
+    p = (paired.get("bc_imagined_vs_untrained") or {}).get("p_value")
+    gain = imagined["rate"] - base["rate"]
+    holds = imagined["rate"] >= 2 * base["rate"] and gain >= 0.20 and p is not None and p < 0.01
+    out.append(
+        Goal(
+            "bc_imagined >= 2x untrained and >= +20 points, McNemar p < 0.01",
+            holds and imagined["rate"] > 0,
+            f"{_pct(imagined['rate'])} vs {_pct(base['rate'])} ({gain * 100:+.1f} points, "
+            f"p = {_p(p)})",
+        )
+    )
+    gap = imagined["rate"] - live["rate"]
+    p_live = (paired.get("bc_imagined_vs_bc_live") or {}).get("p_value")
+    out.append(
+        Goal(
+            "bc_imagined within 10 points of bc_live",
+            abs(gap) <= 0.10 or gap > 0,
+            f"{_pct(imagined['rate'])} vs {_pct(live['rate'])} ({gap * 100:+.1f} points, "
+            f"McNemar p = {_p(p_live)})",
+        )
+    )
+    rep = results["reproduction"]
+    k, m = rep["imagined_successes"], rep["reproduced"]
+    out.append(
+        Goal(
+            ">= 50 % of imagined successes reproduce in the browser",
+            None if k == 0 else m / k >= 0.5,
+            f"{m} of {k}" + (f" ({_pct(m / k)})" if k else ": the imagined search found none"),
+        )
+    )
+    wmla = arms["wmla"]
+    without = arms.get(results.get("wmla_arm", "bc_imagined"), imagined)
+    out.append(
+        Goal(
+            "wmla >= +5 points over the same policy without it",
+            wmla["rate"] - without["rate"] >= 0.05,
+            f"{_pct(wmla['rate'])} vs {_pct(without['rate'])} "
+            f"(McNemar p = {_p((paired.get('wmla_vs_without') or {}).get('p_value'))})",
+        )
+    )
+    for seed, run in results.get("pipeline_seed_runs", {}).items():
+        steps = run.get("real_steps") or {}
+        live_steps, imagined_steps = steps.get("bc_live"), steps.get("bc_imagined")
+        if live_steps is not None and imagined_steps is not None:
+            out.append(
+                Goal(
+                    f"pipeline seed {seed}: bc_imagined's real steps <= bc_live's",
+                    imagined_steps <= live_steps,
+                    f"{imagined_steps} vs {live_steps}",
+                )
+            )
+    return out
+
+
+def markdown(results: dict[str, Any], *, command: str, machine: str, plots: dict[str, str]) -> str:
+    lines = ["## How it was made", "", "```", command, "```", ""]
+    if results.get("wall_time_min") is not None:
+        lines.append(f"Wall time: {results['wall_time_min']:.1f} min on {machine}.")
+    lines += [
+        f"Tasks: {', '.join(results['tasks'])}. Training seeds {_seeds(results['train_seeds'])};"
+        f" held-out seeds {_seeds(results['eval_seeds'])} x {results['eval_attempts']} attempt(s)"
+        f" (never searched, explored or trained on). Pipeline seeds: "
+        f"{', '.join(str(s) for s in results['pipeline_seeds'])}.",
+        "",
+        "## Goals",
+        "",
+        "| goal | holds | numbers |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {g.name} | {_holds(g.holds)} | {g.detail} |" for g in goals(results)]
+    lines += ["", "## Success on held-out episodes (first pipeline seed)", "", _arms_table(results)]
+    if "success" in plots:
+        lines += ["", f"![success per arm]({plots['success']})"]
+    lines += ["", "## Headline arms per pipeline seed", "", _seed_table(results), ""]
+    lines += ["## Imagined successes replayed in the browser", "", _reproduction_table(results)]
+    lines += ["", "## World model against copying the page (held-out steps)", ""]
+    lines += [_world_table(results)]
+    if "world_model" in plots:
+        lines += ["", f"![world-model change F1 per action]({plots['world_model']})"]
+    if results.get("rounds"):
+        lines += ["", "## Co-evolution rounds", "", _rounds_table(results)]
+        if "rounds" in plots:
+            lines += ["", f"![success per round]({plots['rounds']})"]
+    return "\n".join(lines) + "\n"
+
+
+def _arms_table(results: dict[str, Any]) -> str:
+    paired = results.get("paired", {})
+    rows = ["| arm | successes | rate | Wilson 95 % | vs untrained (McNemar p) |",
+            "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for arm, row in results["arms"].items():
+        low, high = row["ci95"]
+        vs = paired.get(f"{arm}_vs_untrained")
+        note = (
+            ""
+            if row.get("trained", True) or arm in ("untrained", "random_click")
+            else " (no data: untrained)"
+        )
+        rows.append(
+            f"| {ARM_LABELS.get(arm, arm)} (`{arm}`){note} | {row['successes']}/{row['episodes']} "
+            f"| {_pct(row['rate'])} | [{_pct(low)}, {_pct(high)}] | {_p(vs and vs['p_value'])} |"
+        )
+    return "\n".join(rows)
+
+
+def _seed_table(results: dict[str, Any]) -> str:
+    rows = [
+        "| seed | bc_live | bc_imagined | imagined vs live p | real steps live/imagined |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for seed, run in results.get("pipeline_seed_runs", {}).items():
+        live, imagined = run["bc_live"], run["bc_imagined"]
+        vs = run.get("bc_imagined_vs_bc_live")
+        steps = run.get("real_steps") or {}
+        rows.append(
+            f"| {seed} | {live['successes']}/{live['episodes']} ({_pct(live['rate'])}) "
+            f"| {imagined['successes']}/{imagined['episodes']} ({_pct(imagined['rate'])}) "
+            f"| {_p(vs and vs['p_value'])} | {steps.get('bc_live')} / {steps.get('bc_imagined')} |"
+        )
+    return "\n".join(rows)
+
+
+def _reproduction_table(results: dict[str, Any]) -> str:
+    rep = results["reproduction"]
+    rows = ["| task | imagined successes | reproduced | why not |", "| --- | --- | --- | --- |"]
+    for task, row in rep.get("tasks", {}).items():
+        why = ", ".join(f"{k} {n}" for k, n in sorted(row.get("why", {}).items())) or "-"
+        rows.append(f"| {task} | {row['imagined_successes']} | {row['reproduced']} | {why} |")
+    rows.append(f"| all | {rep['imagined_successes']} | {rep['reproduced']} | |")
+    return "\n".join(rows)
+
+
+def _world_table(results: dict[str, Any]) -> str:
+    world = results.get("world_model") or {}
+    if not world:
+        return "No fidelity measured."
+    rows = ["| action | n | change F1 model | copy | model - copy (95 %) | page F1 model / copy |",
+            "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for kind, row in world.items():
+        diff = (row.get("ci95") or {}).get("model_minus_copy")
+        shown = f"{row['model'] - row['copy']:+.3f}" + (
+            f" [{diff[0]:+.3f}, {diff[1]:+.3f}]" if diff else ""
+        )
+        rows.append(
+            f"| {kind} | {row['n']} | {row['model']:.3f} | {row['copy']:.3f} | {shown} "
+            f"| {row['page_f1_model']:.3f} / {row['page_f1_copy']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
+def _rounds_table(results: dict[str, Any]) -> str:
+    rows = ["| round | success | world-model change F1 | copy | policy examples |",
+            "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for row in results["rounds"]:
+        rows.append(
+            f"| {row['round']} | {_pct(row['success_rate'])} | {_f(row['world_model_change_f1'])} "
+            f"| {_f(row['copy_change_f1'])} | {row['policy_examples']} |"
+        )
+    return "\n".join(rows)
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_arms(results: dict[str, Any], path: Path) -> None:
+    """Success per arm with its Wilson interval."""
+    plt = _pyplot()
+    arms = list(results["arms"].items())
+    fig, ax = plt.subplots(figsize=(7.2, 3.8), dpi=120)
+    rates = [row["rate"] for _, row in arms]
+    errors = [[r - row["ci95"][0] for r, (_, row) in zip(rates, arms, strict=True)],
+              [row["ci95"][1] - r for r, (_, row) in zip(rates, arms, strict=True)]]  # fmt: skip
+    ax.bar(range(len(arms)), rates, yerr=errors, capsize=3, color="tab:blue")
+    ax.set_xticks(range(len(arms)), [arm for arm, _ in arms], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("success on held-out episodes")
+    ax.set_ylim(0, 1.02)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_world_model(results: dict[str, Any], path: Path) -> None:
+    """Change F1 per action kind, the world model next to copying the page."""
+    plt = _pyplot()
+    kinds = list((results.get("world_model") or {}).items())
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    xs = range(len(kinds))
+    ax.bar([x - 0.2 for x in xs], [row["model"] for _, row in kinds], 0.4, label="world model")
+    ax.bar([x + 0.2 for x in xs], [row["copy"] for _, row in kinds], 0.4, label="copy the page")
+    ax.set_xticks(list(xs), [f"{kind}\n(n={row['n']})" for kind, row in kinds], fontsize=7)
+    ax.set_ylabel("F1 of what changed")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_rounds(results: dict[str, Any], path: Path) -> None:
+    """Held-out success per co-evolution round."""
+    plt = _pyplot()
+    rows = [r for r in results.get("rounds", []) if r.get("success_rate") is not None]
+    fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=120)
+    ax.plot([r["round"] for r in rows], [r["success_rate"] for r in rows], marker="o")
+    base = results["arms"]["untrained"]["rate"]
+    ax.axhline(base, color="tab:red", linestyle="--", label="untrained")
+    ax.set_xlabel("co-evolution round")
+    ax.set_ylabel("success on held-out episodes")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def _seeds(seeds: list[int]) -> str:
+    if seeds and seeds == list(range(seeds[0], seeds[0] + len(seeds))) and len(seeds) > 2:
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(str(s) for s in seeds)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f} %"
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def _holds(holds: bool | None) -> str:
+    return "n/a" if holds is None else ("yes" if holds else "**no**")

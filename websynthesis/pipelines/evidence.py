@@ -1,0 +1,614 @@
+"""The learning evidence: does MCTS inside the learned world model train a better agent?
+
+One run dir, every arm evaluated on the same held-out episodes (``eval_seeds`` x ``tasks`` x
+``eval_attempts``), paired. For each pipeline seed ``s`` (``seed_<s>/``):
+
+1. ``live_search``: MCTS in the real browser on the training instances (the environment's
+   reward): ``bc_live``'s data. Its real steps (resets + replays + direct steps) are the
+   budget of the imagined side.
+2. ``explore``: the untrained policy on the training instances (``explore.attempts`` each);
+   ``real_data`` keeps its episodes breadth-first (every instance's first attempt, then the
+   second...) while their real steps (a reset + the steps) fit the budget. This is all the
+   real environment the imagined side ever sees.
+3. ``world_model`` (trained on ``real_data``'s transitions) and ``reward_model`` (the reward
+   and judge roles on its episodes, labelled by the environment's reward).
+4. ``first_pages``: the training instances' first pages (as ``real_data`` recorded them) as a
+   task file with ``state``; ``imagined_search``: synthesize.py ``world=model`` from them with
+   the two trained models, no browser; ``reproduce``: every imagined success replayed in the
+   browser on its instance (:mod:`websynthesis.evaluation.replay`).
+5. The policies, each trained from scratch and evaluated: ``bc_live`` (live valuable +
+   rollback), ``bc_imagined`` (= ``bc_imagined_valuable_rollback``: imagined valuable +
+   rollback) on every pipeline seed; on the first only also ``bc_imagined_valuable``,
+   ``textui_bc_imagined`` (the TextUI warm-up on ``real_data``'s and the imagined pages, then
+   BC on the imagined trajectories), ``wmla`` (``wmla.arm`` with the world model's
+   look-ahead), and ``fidelity`` (the world model on the held-out steps of the untrained and
+   trained policies, by action kind, against copying the page).
+
+Shared by all seeds: ``untrained`` (the policy with no adapter under its grammar: a random
+valid action) and ``random_click``. ``coevolve``: WebEvolver's rounds
+(:mod:`websynthesis.pipelines.coevolve`) on the same tasks and seeds, ``coevolve.rounds``
+after round 0. A policy whose data came out empty is not trained: its arm is the untrained
+policy, marked ``trained: false``, never left out. ``results.json`` (:func:`results`) holds
+every number the report shows.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import logging
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from websynthesis.data.chat import read_chat_jsonl, write_chat_jsonl
+from websynthesis.data.tasks import Task
+from websynthesis.evaluation.significance import mcnemar, wilson
+from websynthesis.io import atomic_write_json, atomic_write_text
+from websynthesis.pipelines.stages import StagedRun, check_split, read_json
+
+log = logging.getLogger(__name__)
+
+ARMS = (
+    "untrained",
+    "random_click",
+    "bc_live",
+    "bc_imagined",
+    "textui_bc_imagined",
+    "bc_imagined_valuable",
+    "bc_imagined_valuable_rollback",
+    "wmla",
+)
+HEADLINE = ("bc_live", "bc_imagined")
+# What each trained arm learns from: (search stage, trajectory kinds, curriculum).
+POLICY_DATA = {
+    "bc_live": ("live_search", ("valuable", "rollback"), "bc_only"),
+    "bc_imagined": ("imagined_search", ("valuable", "rollback"), "bc_only"),
+    "bc_imagined_valuable": ("imagined_search", ("valuable",), "bc_only"),
+    "textui_bc_imagined": ("imagined_search", ("valuable", "rollback"), "textui_then_bc"),
+}
+ALIASES = {"bc_imagined_valuable_rollback": "bc_imagined"}  # the paper's data is bc_imagined's
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume) every stage; returns ``results.json``'s content."""
+    return Evidence(cfg).run()
+
+
+class Evidence:
+    """One evidence run dir (see the module docstring)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        check_split(cfg)
+        if not cfg.pipeline_seeds:
+            raise ValueError("pipeline_seeds must list at least one seed")
+        if cfg.wmla.arm not in POLICY_DATA:
+            raise ValueError(f"wmla.arm must be one of {sorted(POLICY_DATA)}, not {cfg.wmla.arm!r}")
+        self.cfg = cfg
+        self.out = Path(cfg.paths.output_dir)
+        self.seeds = [int(seed) for seed in cfg.pipeline_seeds]
+        self.stages = StagedRun(self.out, cfg.overrides.common, self.seeds[0])
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        stage = self.stages.stage
+        stage("untrained", lambda out: self._evaluate(out, policy=None))
+        stage(
+            "random_click",
+            lambda out: self._evaluate(out, policy=None, extra=["eval.policy=random_click"]),
+        )
+        for seed in self.seeds:
+            at = f"seed_{seed}"
+            stage(f"{at}/live_search", lambda out, s=seed: self._live_search(out, s))
+            stage(f"{at}/explore", lambda out, s=seed: self._explore(out, s))
+            stage(f"{at}/real_data", lambda out, s=seed: self._real_data(out, s))
+            stage(f"{at}/world_model", lambda out, s=seed: self._world_model(out, s))
+            stage(f"{at}/reward_model", lambda out, s=seed: self._reward_model(out, s))
+            stage(f"{at}/first_pages", lambda out, s=seed: self._first_pages(out, s))
+            stage(f"{at}/imagined_search", lambda out, s=seed: self._imagined_search(out, s))
+            stage(f"{at}/reproduce", lambda out, s=seed: self._reproduce(out, s))
+            arms = HEADLINE if seed != self.seeds[0] else tuple(POLICY_DATA)
+            for arm in arms:
+                stage(f"{at}/train_{arm}", lambda out, s=seed, a=arm: self._train_policy(out, s, a))
+                stage(f"{at}/eval_{arm}", lambda out, s=seed, a=arm: self._evaluate_arm(out, s, a))
+            if seed == self.seeds[0]:
+                stage(f"{at}/eval_wmla", lambda out, s=seed: self._evaluate_wmla(out, s))
+                stage(f"{at}/fidelity", lambda out, s=seed: self._fidelity(out, s))
+        if int(self.cfg.coevolve.rounds) > 0:
+            stage("coevolve", self._coevolve)
+        found = results(self.cfg, self.out)
+        atomic_write_json(self.out / "results.json", found)
+        return found
+
+    def dir(self, seed: int, stage: str) -> Path:
+        return self.out / f"seed_{seed}" / stage
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def _env(self) -> list[str]:
+        tasks = ",".join(str(task) for task in self.cfg.tasks)
+        return [f"env={self.cfg.environment}", f"env.tasks=[{tasks}]", *self.cfg.overrides.env]
+
+    def _evaluate(
+        self,
+        out: Path,
+        *,
+        policy: str | None,
+        world_model: str | None = None,
+        seeds: Iterable[int] | None = None,
+        attempts: int | None = None,
+        extra: Iterable[str] = (),
+        seed: int | None = None,
+    ) -> None:
+        from websynthesis.pipelines import evaluate
+
+        listed = ",".join(str(s) for s in (self.cfg.eval_seeds if seeds is None else seeds))
+        overrides = [
+            *self._env(),
+            f"model.adapters.policy={_value(policy)}",
+            f"model.adapters.world_model={_value(world_model)}",
+            f"eval.seeds=[{listed}]",
+            f"eval.attempts={int(self.cfg.eval_attempts if attempts is None else attempts)}",
+            *self.cfg.overrides.evaluate,
+            *extra,
+        ]
+        summary = evaluate.run(self.stages.job("evaluate", out, overrides, seed))
+        if not summary["overall"].get("n"):
+            raise RuntimeError(f"{out}: the evaluation ran no episode")
+
+    def _live_search(self, out: Path, seed: int) -> None:
+        from websynthesis.pipelines import synthesize
+
+        listed = ",".join(str(s) for s in self.cfg.train_seeds)
+        overrides = [
+            *self._env(),
+            "world=browser",
+            f"world.seeds=[{listed}]",
+            *self.cfg.overrides.search,
+            *self.cfg.overrides.live_search,
+        ]
+        synthesize.run(self.stages.job("synthesize", out, overrides, seed))
+
+    def _explore(self, out: Path, seed: int) -> None:
+        self._evaluate(
+            out,
+            policy=None,
+            seeds=self.cfg.train_seeds,
+            attempts=int(self.cfg.explore.attempts),
+            extra=list(self.cfg.overrides.explore),
+            seed=seed,
+        )
+
+    def _real_data(self, out: Path, seed: int) -> None:
+        budget = live_real_steps(self.dir(seed, "live_search"))
+        kept = within_budget(self.dir(seed, "explore"), out, budget)
+        atomic_write_json(out / "budget.json", kept | {"budget": budget})
+
+    def _world_model(self, out: Path, seed: int) -> None:
+        from websynthesis.pipelines import train
+
+        transitions = self.dir(seed, "real_data") / "transitions.jsonl"
+        overrides = [f"data.transitions=[{transitions}]", *self.cfg.overrides.world_model]
+        train.run(self.stages.job("train", out, overrides, seed))
+
+    def _reward_model(self, out: Path, seed: int) -> None:
+        from websynthesis.pipelines import train
+
+        episodes = self.dir(seed, "real_data")
+        overrides = [f"data.episodes=[{episodes}]", *self.cfg.overrides.reward_model]
+        train.run(self.stages.job("train", out, overrides, seed))
+
+    def _first_pages(self, out: Path, seed: int) -> None:
+        tasks = first_pages(self.dir(seed, "real_data"))
+        if not tasks:
+            raise RuntimeError(f"{self.dir(seed, 'real_data')}: no first page of any instance")
+        lines = [json.dumps(task.to_config(), ensure_ascii=False) for task in tasks]
+        atomic_write_text(out / "tasks.jsonl", "\n".join(lines) + "\n")
+
+    def _imagined_search(self, out: Path, seed: int) -> None:
+        from websynthesis.pipelines import synthesize
+
+        reward = self._adapter(seed, "reward_model")
+        overrides = [
+            *self._env(),
+            "world=model",
+            f"data.tasks={self.dir(seed, 'first_pages') / 'tasks.jsonl'}",
+            f"model.adapters.world_model={_value(self._adapter(seed, 'world_model'))}",
+            f"model.adapters.reward={_value(reward)}",
+            f"model.adapters.judge={_value(reward)}",
+            *self.cfg.overrides.search,
+            *self.cfg.overrides.imagined_search,
+        ]
+        synthesize.run(self.stages.job("synthesize", out, overrides, seed))
+
+    def _reproduce(self, out: Path, seed: int) -> None:
+        from websynthesis.env.browsergym_env import make_env
+        from websynthesis.evaluation.replay import imagined_paths, replay_all, reproduction
+
+        valuable = self.dir(seed, "imagined_search") / "trajectories" / "valuable.jsonl"
+        paths = imagined_paths(valuable) if valuable.is_file() else []
+        job = self.stages.job("evaluate", out, self._env(), seed)
+        env_config = OmegaConf.to_object(job.env)
+        replays = replay_all(lambda: make_env(env_config), paths, int(job.env.pool_size))  # type: ignore[arg-type]
+        lines = "".join(json.dumps(r.to_dict()) + "\n" for r in replays)
+        atomic_write_text(out / "replays.jsonl", lines)
+        atomic_write_json(out / "reproduction.json", reproduction(replays))
+
+    def _train_policy(self, out: Path, seed: int, arm: str) -> None:
+        from websynthesis.pipelines import train
+
+        search, kinds, curriculum = POLICY_DATA[arm]
+        found = self.dir(seed, search) / "trajectories"
+        data = out / "policy.jsonl"
+        counts = {kind: 0 for kind in kinds}
+        examples = []
+        for kind in kinds:
+            rows = (
+                list(read_chat_jsonl(found / f"{kind}.jsonl"))
+                if (found / f"{kind}.jsonl").is_file()
+                else []
+            )
+            counts[kind] = len(rows)
+            examples += rows
+        counts["examples"] = write_chat_jsonl(data, examples)
+        atomic_write_json(out / "policy_data.json", counts)  # train.py writes data_stats.json
+        same = self._same_data(seed, arm, data)
+        if same is not None:
+            atomic_write_json(out / "same_as.json", {"arm": same})
+            return
+        if not counts["examples"]:
+            atomic_write_json(
+                out / "skipped.json", {"skipped": "no trajectories", "trained": False}
+            )
+            log.warning("evidence: %s has no data; its arm is the untrained policy", arm)
+            return
+        overrides = [
+            f"curriculum={curriculum}",
+            "curriculum.trajectories=[trajectories]",
+            f"+data.train_files.trajectories={data}",
+            *self.cfg.overrides.policy,
+        ]
+        if curriculum == "textui_then_bc":
+            overrides += [
+                f"data.transitions=[{self.dir(seed, 'real_data') / 'transitions.jsonl'}]",
+                f"data.trajectories_dir={found}",
+                "data.imagined=true",
+                *self.cfg.overrides.textui,
+            ]
+        train.run(self.stages.job("train", out, overrides, seed))
+
+    def _same_data(self, seed: int, arm: str, data: Path) -> str | None:
+        """An earlier arm of this seed trained on byte-identical data (imagined valuable
+        only vs valuable + rollback where no rollback came out): its adapter and episodes
+        stand for this arm too, rather than a second identical training."""
+        for other, (_, _, curriculum) in POLICY_DATA.items():
+            if other == arm:
+                return None
+            theirs = self.dir(seed, f"train_{other}") / "policy.jsonl"
+            if (
+                curriculum == POLICY_DATA[arm][2]
+                and theirs.is_file()
+                and filecmp.cmp(theirs, data, shallow=False)
+            ):
+                return other
+        return None
+
+    def _policy_adapter(self, seed: int, arm: str) -> str | None:
+        same = read_json(self.dir(seed, f"train_{arm}") / "same_as.json", None)
+        if same is not None:
+            return self._policy_adapter(seed, same["arm"])
+        return self._adapter(seed, f"train_{arm}")
+
+    def _evaluate_arm(self, out: Path, seed: int, arm: str) -> None:
+        same = read_json(self.dir(seed, f"train_{arm}") / "same_as.json", None)
+        if same is not None:
+            shutil.copytree(self.dir(seed, f"eval_{same['arm']}"), out, dirs_exist_ok=True)
+            atomic_write_json(out / "same_as.json", same)
+            return
+        self._evaluate(out, policy=self._policy_adapter(seed, arm), seed=seed)
+
+    def _evaluate_wmla(self, out: Path, seed: int) -> None:
+        wmla = self.cfg.wmla
+        self._evaluate(
+            out,
+            policy=self._policy_adapter(seed, str(wmla.arm)),
+            world_model=self._adapter(seed, "world_model"),
+            extra=["eval.wmla.enabled=true", *self.cfg.overrides.wmla],
+            seed=seed,
+        )
+
+    def _fidelity(self, out: Path, seed: int) -> None:
+        """The world model on the held-out real steps of the untrained and trained policies."""
+        from websynthesis.pipelines import evaluate
+
+        sources = [self.out / "untrained", *(self.dir(seed, f"eval_{arm}") for arm in HEADLINE)]
+        rows = []
+        for source in sources:
+            path = source / "transitions.jsonl"
+            if path.is_file():
+                rows += [
+                    line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+                ]
+        held_out = out / "held_out_transitions.jsonl"
+        atomic_write_text(held_out, "".join(line + "\n" for line in rows))
+        overrides = [
+            *self._env(),
+            f"model.adapters.world_model={_value(self._adapter(seed, 'world_model'))}",
+            "eval=world_model",
+            f"eval.transitions={held_out}",
+            *self.cfg.overrides.fidelity,
+        ]
+        evaluate.run(self.stages.job("evaluate", out, overrides, seed))
+
+    def _coevolve(self, out: Path) -> None:
+        from hydra import compose
+
+        from websynthesis.pipelines import coevolve
+
+        c = self.cfg
+        cfg = compose(
+            config_name="coevolve",
+            overrides=[f"paths.output_dir={out}", "logger=none", *c.coevolve.overrides],
+        )
+        OmegaConf.update(cfg, "rounds", int(c.coevolve.rounds))
+        for key in ("environment", "tasks", "train_seeds", "eval_seeds"):
+            OmegaConf.update(
+                cfg,
+                key,
+                OmegaConf.to_container(c[key]) if key != "environment" else c[key],
+                merge=False,
+            )
+        OmegaConf.update(cfg, "seed", self.seeds[0])
+        stage_overrides = {
+            "common": [*c.overrides.common],
+            "env": [*c.overrides.env],
+            "search": [*c.overrides.search, *c.overrides.live_search],
+            "sample": [*c.overrides.evaluate, *c.overrides.explore],
+            "policy": [
+                "curriculum=bc_only",
+                "curriculum.trajectories=[trajectories]",
+                *c.overrides.policy,
+            ],
+            "world_model": [*c.overrides.world_model],
+            "fidelity": [*c.overrides.fidelity],
+            "evaluate": [*c.overrides.evaluate],
+        }
+        for key, value in stage_overrides.items():
+            OmegaConf.update(cfg, f"overrides.{key}", value, merge=False)
+        out.mkdir(parents=True, exist_ok=True)
+        coevolve.run(cfg)
+
+    def _adapter(self, seed: int, stage: str) -> str | None:
+        path = self.dir(seed, stage) / "adapter"
+        return str(path) if path.is_dir() else None
+
+
+# --- real steps ------------------------------------------------------------------------------
+
+
+def live_real_steps(search: Path) -> int:
+    """The real environment steps a live search took: resets, replayed and direct steps."""
+    stats = read_json(search / "stats.json", None)
+    if stats is None:
+        raise RuntimeError(f"{search}: no stats.json (the live search did not finish)")
+    world = stats["counters"]["world"]
+    return int(world["resets"]) + int(world["replayed_steps"]) + int(world["direct"])
+
+
+def within_budget(explore: Path, out: Path, budget: int) -> dict[str, int]:
+    """Copy ``explore``'s episodes into ``out`` (an evaluate.py-like run dir) breadth-first
+    (attempt, then seed, then task) while their real steps (one reset + the steps each) fit
+    ``budget``. Returns what was kept and left."""
+    from websynthesis.pipelines.evaluate import latest_episodes
+
+    episodes = latest_episodes(explore / "episodes.jsonl")
+    steps: dict[tuple[str, int, int], list[str]] = {}
+    for line in (explore / "transitions.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            steps.setdefault(
+                (str(row["task_id"]), int(row["seed"]), int(row["attempt"])), []
+            ).append(line)
+    order = sorted(episodes, key=lambda key: (key[2], key[1], key[0]))
+    kept_episodes, kept_steps, spent, left = [], [], 0, 0
+    for key in order:
+        record = episodes[key]
+        rows = steps.get(key, [])
+        cost = 1 + len(rows)
+        if record.get("error") is not None or spent + cost > budget:
+            left += 1
+            continue
+        spent += cost
+        kept_episodes.append(json.dumps(record, ensure_ascii=False))
+        kept_steps += rows
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "episodes.jsonl", "".join(line + "\n" for line in kept_episodes))
+    atomic_write_text(out / "transitions.jsonl", "".join(line + "\n" for line in kept_steps))
+    return {
+        "episodes": len(kept_episodes),
+        "transitions": len(kept_steps),
+        "real_steps": spent,
+        "left_out": left,
+    }
+
+
+def first_pages(real_data: Path) -> list[Task]:
+    """One task per training instance: its first page and instruction as recorded."""
+    from websynthesis.env.browser_world import instance_id
+
+    seen: dict[str, Task] = {}
+    for line in (real_data / "transitions.jsonl").read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if int(row["step"]) != 0:
+            continue
+        task_id = instance_id(str(row["task_id"]), int(row["seed"]))
+        if task_id not in seen:
+            seen[task_id] = Task(
+                task_id=task_id,
+                intent=str(row["objective"]),
+                start_url=str(row.get("url") or ""),
+                state=str(row["observation"]),
+                actions=tuple(row.get("action_set") or ()),
+            )
+    return [seen[key] for key in sorted(seen)]
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+def _outcomes(run_dir: Path) -> dict[tuple[str, int, int], bool]:
+    from websynthesis.pipelines.evaluate import latest_episodes
+
+    path = run_dir / "episodes.jsonl"
+    if not path.is_file():
+        return {}
+    return {
+        key: bool(record.get("success"))
+        for key, record in latest_episodes(path).items()
+        if record.get("error") is None
+    }
+
+
+def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Every arm's successes with Wilson intervals and paired McNemar p-values, the
+    reproduction rate, real steps, world-model fidelity by action kind, and the rounds."""
+    seeds = [int(seed) for seed in cfg.pipeline_seeds]
+    first = seeds[0]
+
+    def arm_dir(arm: str, seed: int) -> Path:
+        if arm in ("untrained", "random_click"):
+            return out / arm
+        if arm == "wmla":
+            return out / f"seed_{seed}" / "eval_wmla"
+        return out / f"seed_{seed}" / f"eval_{ALIASES.get(arm, arm)}"
+
+    def trained(arm: str, seed: int) -> bool:
+        if arm in ("untrained", "random_click"):
+            return False
+        name = str(cfg.wmla.arm) if arm == "wmla" else ALIASES.get(arm, arm)
+        return not (out / f"seed_{seed}" / f"train_{name}" / "skipped.json").is_file()
+
+    outcomes = {arm: _outcomes(arm_dir(arm, first)) for arm in ARMS}
+    arms: dict[str, Any] = {}
+    for arm in ARMS:
+        found = outcomes[arm]
+        rate = wilson(sum(found.values()), len(found))
+        arms[arm] = rate.to_dict() | {"trained": trained(arm, first)}
+        data = ALIASES.get(arm, str(cfg.wmla.arm) if arm == "wmla" else arm)
+        if data in POLICY_DATA:
+            path = out / f"seed_{first}" / f"train_{data}" / "policy_data.json"
+            arms[arm]["training_examples"] = read_json(path, {}).get("examples")
+    untrained = outcomes["untrained"]
+    paired: dict[str, Any] = {}
+    for arm in ARMS:
+        if arm != "untrained" and outcomes[arm] and untrained:
+            paired[f"{arm}_vs_untrained"] = mcnemar(outcomes[arm], untrained).to_dict()
+    per_seed: dict[str, Any] = {}
+    for seed in seeds:
+        live, imagined = (
+            _outcomes(arm_dir("bc_live", seed)),
+            _outcomes(arm_dir("bc_imagined", seed)),
+        )
+        row = {
+            arm: wilson(sum(o.values()), len(o)).to_dict()
+            for arm, o in (("bc_live", live), ("bc_imagined", imagined))
+        }
+        if live and imagined:
+            row["bc_imagined_vs_bc_live"] = mcnemar(imagined, live).to_dict()
+        if imagined and untrained:
+            row["bc_imagined_vs_untrained"] = mcnemar(imagined, untrained).to_dict()
+        row["reproduction"] = read_json(
+            out / f"seed_{seed}" / "reproduce" / "reproduction.json", None
+        )
+        row["real_steps"] = _real_steps(out / f"seed_{seed}")
+        per_seed[str(seed)] = row
+    if outcomes["bc_live"] and outcomes["bc_imagined"]:
+        paired["bc_imagined_vs_bc_live"] = mcnemar(
+            outcomes["bc_imagined"], outcomes["bc_live"]
+        ).to_dict()
+    if outcomes["wmla"] and outcomes[str(cfg.wmla.arm)]:
+        paired["wmla_vs_without"] = mcnemar(outcomes["wmla"], outcomes[str(cfg.wmla.arm)]).to_dict()
+    reproduction = per_seed[str(first)]["reproduction"] or {
+        "imagined_successes": 0,
+        "reproduced": 0,
+    }
+    return {
+        "tasks": list(cfg.tasks),
+        "train_seeds": list(cfg.train_seeds),
+        "eval_seeds": list(cfg.eval_seeds),
+        "pipeline_seeds": seeds,
+        "eval_attempts": int(cfg.eval_attempts),
+        "wmla_arm": str(cfg.wmla.arm),
+        "wall_time_min": None,  # the script adds it (it sees every session)
+        "arms": arms,
+        "paired": paired,
+        "pipeline_seed_runs": per_seed,
+        "reproduction": {
+            "imagined_successes": reproduction["imagined_successes"],
+            "reproduced": reproduction["reproduced"],
+            "tasks": reproduction.get("tasks", {}),
+        },
+        "world_model": _world_model(out / f"seed_{first}" / "fidelity" / "fidelity.json"),
+        "rounds": _rounds(out / "coevolve" / "metrics.json"),
+    }
+
+
+def _real_steps(seed_dir: Path) -> dict[str, Any]:
+    budget = read_json(seed_dir / "real_data" / "budget.json", {})
+    return {
+        "bc_live": budget.get("budget"),
+        "bc_imagined": budget.get("real_steps"),
+        "explore_episodes_kept": budget.get("episodes"),
+        "explore_episodes_left_out": budget.get("left_out"),
+    }
+
+
+def _world_model(path: Path) -> dict[str, Any]:
+    """Change F1 per action kind, the model's and copying's, with counts and intervals, and
+    the whole-page F1 beside them."""
+    report = read_json(path, None)
+    if report is None or "by_action" not in report:
+        return {}
+    shown = {kind: _kind_row(row) for kind, row in report["by_action"].items()}
+    shown["all"] = _kind_row(report)
+    return shown
+
+
+def _kind_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": row["model"]["change_f1"],
+        "copy": row["copy_baseline"]["change_f1"],
+        "n": row["model"]["transitions"],
+        "ci95": row.get("change_f1_ci95"),
+        "page_f1_model": row["model"]["f1_content"],
+        "page_f1_copy": row["copy_baseline"]["f1_content"],
+    }
+
+
+def _rounds(path: Path) -> list[dict[str, Any]]:
+    metrics = read_json(path, None)
+    if metrics is None:
+        return []
+    rows = []
+    for index, row in sorted(metrics.get("rounds", {}).items(), key=lambda item: int(item[0])):
+        fidelity = row.get("fidelity") or {}
+        rows.append(
+            {
+                "round": int(index),
+                "success_rate": row.get("success_rate"),
+                "world_model_change_f1": (fidelity.get("model") or {}).get("change_f1"),
+                "copy_change_f1": (fidelity.get("copy_baseline") or {}).get("change_f1"),
+                "policy_examples": (row.get("policy_data") or {}).get("examples"),
+            }
+        )
+    return rows
+
+
+def _value(path: str | None) -> str:
+    return "null" if path is None else path
