@@ -37,12 +37,13 @@ These are the rubric's levels (reward_system.jinja): 5 "fully accomplished", 3 "
 progress ... not finishing it yet", 1 "fails". ``progress`` means a success is still reachable
 from the step (an MCTS value), not that the step itself helped: a harmless detour before a
 success is ``progress`` too. The middle level stays below the search's end gate (4.75), so a
-trained reward model does not end an imagined search at a step that only progresses. A step of
-a failed episode is therefore *low* only past the point of no return
-the data can see: while its action prefix is shared with a success (another attempt, or the
-search, went on from there to succeed) it is ``progress``. With one attempt per instance every
-step of a failure is low; that is the estimate's known bias (a sound first step of a failed
-episode), reduced by more attempts per instance. ``open`` leaves only come from search trees
+trained reward model does not end an imagined search at a step that only progresses.
+
+A step of a failed episode is therefore *low* only past the point of no return the data can
+see: while its action prefix is shared with a success (another attempt, or the search, went on
+from there to succeed) it is ``progress``. With one attempt per instance every step of a
+failure is low; that is the estimate's known bias (a sound first step of a failed episode),
+reduced by more attempts per instance. ``open`` leaves only come from search trees
 (an unexpanded node): ``unresolved: low`` labels them low, as the search valued them.
 
 Imagined trees (``world=model``: their rewards are a model's, not the environment's; no
