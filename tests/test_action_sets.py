@@ -228,7 +228,10 @@ def test_random_click_clicks_clickable_elements_uniformly_and_reproducibly() -> 
     counts = {i: sum(a.target == i for a in draws) for i in clickable_ids(PAGE)}
     assert min(counts.values()) > 60, counts  # expected 100 each; a bias would starve one
     assert [policy.decide(PAGE, s).action for s in range(20)] == draws[:20]
-    assert format_response("x", draws[0])  # a response the episode records can hold
+    # The decision reads back as the action it is (what the episode records hold).
+    assert (
+        parse_policy(format_response("x", draws[0]), PAGE, actions=MINIWOB).value.action == draws[0]
+    )
 
 
 def test_random_click_fallbacks() -> None:

@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from websynthesis.data.chat import read_chat_jsonl, write_chat_jsonl
 from websynthesis.data.tasks import Task
+from websynthesis.evaluation.records import read_records
 from websynthesis.evaluation.significance import mcnemar, wilson
 from websynthesis.io import atomic_write_json, atomic_write_text
 from websynthesis.pipelines.stages import StagedRun, check_split, read_json
@@ -326,15 +327,9 @@ class Evidence:
         from websynthesis.pipelines import evaluate
 
         sources = [self.out / "untrained", *(self.dir(seed, f"eval_{arm}") for arm in HEADLINE)]
-        rows = []
-        for source in sources:
-            path = source / "transitions.jsonl"
-            if path.is_file():
-                rows += [
-                    line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-                ]
+        rows = (row for source in sources for row in read_records(source / "transitions.jsonl"))
         held_out = out / "held_out_transitions.jsonl"
-        atomic_write_text(held_out, "".join(line + "\n" for line in rows))
+        atomic_write_text(held_out, _jsonl(rows))
         overrides = [
             *self._env(),
             f"model.adapters.world_model={_value(self._adapter(seed, 'world_model'))}",
@@ -402,38 +397,30 @@ def live_real_steps(search: Path) -> int:
 def within_budget(explore: Path, out: Path, budget: int) -> dict[str, int]:
     """Copy ``explore``'s episodes into ``out`` (an evaluate.py-like run dir) breadth-first
     (attempt, then seed, then task) while their real steps (one reset + the steps each) fit
-    ``budget``. Returns what was kept and left."""
+    ``budget``. Returns what was kept and left (errored episodes are left)."""
+    from websynthesis.data.episodes import read_episodes
     from websynthesis.pipelines.evaluate import latest_episodes
 
-    episodes = latest_episodes(explore / "episodes.jsonl")
-    steps: dict[tuple[str, int, int], list[str]] = {}
-    for line in (explore / "transitions.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            steps.setdefault(
-                (str(row["task_id"]), int(row["seed"]), int(row["attempt"])), []
-            ).append(line)
-    order = sorted(episodes, key=lambda key: (key[2], key[1], key[0]))
-    kept_episodes, kept_steps, spent, left = [], [], 0, 0
-    for key in order:
-        record = episodes[key]
-        rows = steps.get(key, [])
-        cost = 1 + len(rows)
-        if record.get("error") is not None or spent + cost > budget:
-            left += 1
-            continue
-        spent += cost
-        kept_episodes.append(json.dumps(record, ensure_ascii=False))
-        kept_steps += rows
+    finished = sorted(read_episodes(explore), key=lambda e: (e.key[2], e.key[1], e.key[0]))
+    kept, spent = [], 0
+    for episode in finished:
+        cost = 1 + len(episode.steps)
+        if spent + cost <= budget:
+            spent += cost
+            kept.append(episode)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "episodes.jsonl", "".join(line + "\n" for line in kept_episodes))
-    atomic_write_text(out / "transitions.jsonl", "".join(line + "\n" for line in kept_steps))
+    atomic_write_text(out / "episodes.jsonl", _jsonl(e.record for e in kept))
+    atomic_write_text(out / "transitions.jsonl", _jsonl(row for e in kept for row in e.steps))
     return {
-        "episodes": len(kept_episodes),
-        "transitions": len(kept_steps),
+        "episodes": len(kept),
+        "transitions": sum(len(e.steps) for e in kept),
         "real_steps": spent,
-        "left_out": left,
+        "left_out": len(latest_episodes(explore / "episodes.jsonl")) - len(kept),
     }
+
+
+def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def first_pages(real_data: Path) -> list[Task]:
@@ -441,10 +428,7 @@ def first_pages(real_data: Path) -> list[Task]:
     from websynthesis.env.browser_world import instance_id
 
     seen: dict[str, Task] = {}
-    for line in (real_data / "transitions.jsonl").read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in read_records(real_data / "transitions.jsonl"):
         if int(row["step"]) != 0:
             continue
         task_id = instance_id(str(row["task_id"]), int(row["seed"]))
