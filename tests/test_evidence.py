@@ -16,7 +16,13 @@ from omegaconf import OmegaConf
 from websynthesis.data.chat import ChatExample, write_chat_jsonl
 from websynthesis.env.base import EnvError, Observation, StepResult
 from websynthesis.evaluation.evidence_report import goals, markdown
-from websynthesis.evaluation.replay import ImaginedPath, imagined_paths, replay, reproduction
+from websynthesis.evaluation.replay import (
+    ImaginedPath,
+    Replay,
+    imagined_paths,
+    replay,
+    reproduction,
+)
 from websynthesis.pipelines.evidence import (
     ARMS,
     first_pages,
@@ -148,6 +154,19 @@ def test_imagined_paths_read_each_trees_steps_in_depth_order(tmp_path: Path) -> 
         ("a@1", ["click [4]", "stop []"]),
         ("b@0", ["click [5]"]),
     ]
+    assert all(p.complete for p in paths)
+
+    gap = tmp_path / "gap.jsonl"
+    write_chat_jsonl(gap, [step("a@1", 1, "click [4]"), step("a@1", 3, "stop []")])
+    (incomplete,) = imagined_paths(gap)
+    assert not incomplete.complete  # extraction dropped depth 2: counted, never replayed
+    assert replay(None, incomplete) == Replay("a@1", False, 0, "incomplete")  # type: ignore[arg-type]
+
+    bad = tmp_path / "bad.jsonl"
+    write_chat_jsonl(bad, [step("a@1", 1, "click [4]"), ChatExample(step("a@1", 2, "stop []")
+                     .messages, {"task_id": "a@1", "kind": "valuable"})])  # fmt: skip
+    with pytest.raises(ValueError, match=r"bad.jsonl: row 2: meta.depth"):
+        imagined_paths(bad)
 
 
 # --- results ------------------------------------------------------------------------------
@@ -179,8 +198,15 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
     (seed / "train_textui_bc_imagined" / "skipped.json").write_text("{}")
     (seed / "real_data").mkdir()
     (seed / "real_data" / "budget.json").write_text(json.dumps({"budget": 90, "real_steps": 88}))
+    (seed / "reward_quality").mkdir()
+    (seed / "reward_quality" / "reward_quality.json").write_text(json.dumps(REWARD_QUALITY))
     found = results(cfg, tmp_path)
     assert set(found["arms"]) == set(ARMS)
+    assert found["reward_model"]["model"]["auc"] == 0.75
+    assert found["reward_model"]["judge"] == {
+        "trajectories": 8, "succeeded": 2, "auc": 0.5, "auc_bootstrap_95": None,
+        "constant_auc": 0.5,
+    }  # fmt: skip
     assert found["arms"]["bc_imagined"] | {} == found["arms"]["bc_imagined_valuable_rollback"]
     assert found["arms"]["bc_live"]["successes"] == 8 and found["arms"]["bc_live"]["episodes"] == 10
     assert found["arms"]["textui_bc_imagined"]["trained"] is False
@@ -199,6 +225,24 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
     )
     assert "| BC on live-MCTS trajectories (`bc_live`) | 8/10 | 80.0 %" in page
     assert "(no data: untrained)" in page
+    assert "| reward model | 0.750 | [0.600, 0.900] | 0.700 (10) |" in page
+    assert "| constant score | 0.500 | - | 0.500 (10) |" in page
+
+
+def _ranking(auc: float, boot: list[float] | None, sibling: float) -> dict[str, object]:
+    return {"auc": auc, "auc_bootstrap_95": boot, "sibling_pairwise_accuracy": sibling,
+            "sibling_pairs": 10}  # fmt: skip
+
+
+REWARD_QUALITY = {
+    "steps": 40, "good": 6, "unscored": 1,
+    "model": _ranking(0.75, [0.6, 0.9], 0.7),
+    "constant": _ranking(0.5, None, 0.5),
+    "shallower_is_better": _ranking(0.6, [0.5, 0.7], 0.55),
+    "judge": {"trajectories": 8, "succeeded": 2,
+              "model": {"auc": 0.5, "auc_bootstrap_95": None},
+              "constant": {"auc": 0.5, "auc_bootstrap_95": None}},
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("profile", ["full", "mini"])

@@ -28,6 +28,7 @@ PER_SEED = [
     "train_bc_live", "eval_bc_live", "train_bc_imagined", "eval_bc_imagined",
     "train_bc_imagined_valuable", "eval_bc_imagined_valuable",
     "train_textui_bc_imagined", "eval_textui_bc_imagined", "eval_wmla", "fidelity",
+    "reward_quality",
 ]  # fmt: skip
 
 
@@ -65,6 +66,9 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
     rep = results["reproduction"]
     assert 0 <= rep["reproduced"] <= rep["imagined_successes"]
     assert results["world_model"]["all"]["n"] > 0
+    reward = results["reward_model"]
+    assert reward["steps"] > 0 and reward["judge"]["trajectories"] > 0
+    assert reward["constant"]["auc"] in (None, 0.5)
     assert results["rounds"] == []  # mini.yaml: coevolve.rounds=0 (CI's time)
     report = (out / "report" / "results.md").read_text()
     assert "## Goals" in report and "![success per arm](results_success.png)" in report

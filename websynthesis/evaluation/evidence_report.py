@@ -122,6 +122,7 @@ def markdown(results: dict[str, Any], *, command: str, machine: str, plots: dict
     lines += [_world_table(results)]
     if "world_model" in plots:
         lines += ["", f"![world-model change F1 per action]({plots['world_model']})"]
+    lines += ["", "## Reward model and judge on held-out steps", "", _reward_table(results)]
     if results.get("rounds"):
         lines += ["", "## Co-evolution rounds", "", _rounds_table(results)]
         if "rounds" in plots:
@@ -191,6 +192,40 @@ def _world_table(results: dict[str, Any]) -> str:
             f"| {row['page_f1_model']:.3f} / {row['page_f1_copy']:.3f} |"
         )
     return "\n".join(rows)
+
+
+def _reward_table(results: dict[str, Any]) -> str:
+    reward = results.get("reward_model") or {}
+    if not reward:
+        return "No reward model measured."
+    rows = [
+        f"{reward['steps']} held-out steps, {reward['good']} on a path to a success "
+        f"(labelled by the environment); {reward.get('unscored')} got no score (counted low).",
+        "",
+        "| scorer | ROC AUC | bootstrap 95 % (instances) | sibling pairwise accuracy (pairs) |",
+        "| --- | --- | --- | --- |",
+    ]
+    names = {"model": "reward model", "constant": "constant score",
+             "shallower_is_better": "shallower is better"}  # fmt: skip
+    for name, label in names.items():
+        row = reward[name]
+        rows.append(
+            f"| {label} | {_f(row['auc'])} | {_interval(row['auc_bootstrap_95'])} "
+            f"| {_f(row['sibling_pairwise_accuracy'])} ({row['sibling_pairs']}) |"
+        )
+    judge = reward.get("judge")
+    if judge:
+        rows += [
+            "",
+            f"Judge on {judge['trajectories']} held-out trajectories ({judge['succeeded']} "
+            f"succeeded): AUC {_f(judge['auc'])} {_interval(judge['auc_bootstrap_95'])}, "
+            f"constant verdict {_f(judge['constant_auc'])}.",
+        ]
+    return "\n".join(rows)
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return "-" if not bounds else f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"
 
 
 def _rounds_table(results: dict[str, Any]) -> str:

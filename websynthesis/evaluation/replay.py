@@ -37,12 +37,14 @@ class ImaginedPath:
 
     task_id: str
     actions: tuple[Action, ...]
+    complete: bool = True  # every step from the first page to the success is there
 
 
 @dataclass(frozen=True)
 class Replay:
     """What the browser made of one path: ``reproduced``, after ``steps`` real steps, and why
-    not (``why``: ``refused``, ``unrewarded``, ``ran_out``) or an environment ``error``."""
+    not (``why``: ``refused``, ``unrewarded``, ``ran_out``, ``incomplete``: a step missing
+    from the file) or an environment ``error``."""
 
     task_id: str
     reproduced: bool
@@ -63,27 +65,43 @@ class Replay:
 def imagined_paths(valuable: Path) -> list[ImaginedPath]:
     """Each tree's successful path from a ``valuable.jsonl`` (rows of one tree, by depth).
 
-    A row whose target holds no action is a corrupt file, not a path: ``ValueError`` naming
-    the row's task.
+    A row without its tree's ``meta.task_id`` or an integer ``meta.depth``, or whose target
+    holds no action, is a corrupt file, not a path: ``ValueError`` naming the file and row.
+    A path whose depths are not 1, 2, ... n (extraction dropped a step it could not render)
+    is kept, marked incomplete: it is still an imagined success, and it cannot be replayed.
     """
     steps: dict[str, list[tuple[int, Action]]] = defaultdict(list)
-    for example in read_chat_jsonl(valuable):
-        task_id = str(example.meta["task_id"])
+    for row, example in enumerate(read_chat_jsonl(valuable), start=1):
+        task_id, depth = example.meta.get("task_id"), example.meta.get("depth")
+        if not isinstance(task_id, str) or not task_id:
+            raise ValueError(f"{valuable}: row {row}: meta.task_id missing or not a string")
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"{valuable}: row {row}: meta.depth missing or not a depth >= 1")
         try:
             action = extract_action(example.messages[-1]["content"])
         except ActionParseError as error:
             raise ValueError(
-                f"{valuable}: a valuable step of {task_id} holds no action: {error}"
+                f"{valuable}: row {row}: a valuable step of {task_id} holds no action: {error}"
             ) from None
-        steps[task_id].append((int(example.meta["depth"]), action))
-    return [
-        ImaginedPath(task_id, tuple(action for _, action in sorted(rows, key=lambda r: r[0])))
-        for task_id, rows in steps.items()
-    ]
+        steps[task_id].append((depth, action))
+    paths = []
+    for task_id, rows in steps.items():
+        rows.sort(key=lambda r: r[0])
+        depths = [depth for depth, _ in rows]
+        paths.append(
+            ImaginedPath(
+                task_id,
+                tuple(action for _, action in rows),
+                complete=depths == list(range(1, len(rows) + 1)),
+            )
+        )
+    return paths
 
 
 def replay(env: WebEnv, path: ImaginedPath) -> Replay:
     """Run ``path`` on its instance in ``env`` (see the module docstring)."""
+    if not path.complete:
+        return Replay(path.task_id, False, 0, "incomplete")
     task, seed = split_instance(path.task_id, 0)
     try:
         env.reset(task, seed)

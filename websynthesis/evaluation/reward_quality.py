@@ -306,16 +306,31 @@ async def evaluate_judge(
     return report
 
 
-def heldout_steps(
+def quality_report(
+    client: ModelClient,
     episodes: Sequence[Path | str],
     trees: Sequence[Path | str] = (),
     *,
-    client: ModelClient,
+    samples: int = 1,
+    resamples: int = 1000,
+    seed: int = 0,
+    judge: bool = False,
     unresolved: str = "skip",
-) -> list[LabelledStep]:
-    """The labelled steps of held-out run dirs, on the client's reward scale."""
+) -> dict[str, Any]:
+    """The reward role's ranking of the labelled steps of ``episodes`` (evaluate.py run dirs)
+    and ``trees`` (synthesize.py run dirs), and with ``judge`` the judge's of their whole
+    trajectories: the report :func:`main` writes, and the learning evidence's stage."""
     outcomes = read_outcomes(episodes, trees)
-    return labelled_steps(outcomes, client.role(REWARD).settings.scale, unresolved=unresolved)
+    steps = labelled_steps(outcomes, client.role(REWARD).settings.scale, unresolved=unresolved)
+    report = asyncio.run(
+        evaluate_reward_model(client, steps, samples=samples, resamples=resamples, seed=seed)
+    )
+    if judge:
+        report["judge"] = asyncio.run(
+            evaluate_judge(client, labelled_trajectories(outcomes), resamples=resamples, seed=seed)
+        )
+    report["sources"] = {"episodes": [str(e) for e in episodes], "trees": [str(t) for t in trees]}
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -345,23 +360,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     GlobalHydra.instance().clear()
     client = ModelClient.from_config(cfg.model)
     try:
-        outcomes = read_outcomes(args.episodes, args.trees)
-        scale = client.role(REWARD).settings.scale
-        steps = labelled_steps(outcomes, scale, unresolved=args.unresolved)
-        seed = int(cfg.seed)
-        report = asyncio.run(
-            evaluate_reward_model(
-                client, steps, samples=args.samples, resamples=args.resamples, seed=seed
-            )
+        report = quality_report(
+            client,
+            args.episodes,
+            args.trees,
+            samples=args.samples,
+            resamples=args.resamples,
+            seed=int(cfg.seed),
+            judge=args.judge,
+            unresolved=args.unresolved,
         )
-        if args.judge:
-            trajectories = labelled_trajectories(outcomes)
-            report["judge"] = asyncio.run(
-                evaluate_judge(client, trajectories, resamples=args.resamples, seed=seed)
-            )
     finally:
         client.close()
-    report["sources"] = {"episodes": args.episodes, "trees": args.trees}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({k: report[k] for k in ("steps", "good", "bad", "model")}, indent=2))
     return report

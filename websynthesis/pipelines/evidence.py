@@ -22,7 +22,8 @@ One run dir, every arm evaluated on the same held-out episodes (``eval_seeds`` x
    ``textui_bc_imagined`` (the TextUI warm-up on ``real_data``'s and the imagined pages, then
    BC on the imagined trajectories), ``wmla`` (``wmla.arm`` with the world model's
    look-ahead), and ``fidelity`` (the world model on the held-out steps of the untrained and
-   trained policies, by action kind, against copying the page).
+   trained policies, by action kind, against copying the page) and ``reward_quality``
+   (the trained reward model and judge on the same held-out episodes, against a constant).
 
 Shared by all seeds: ``untrained`` (the policy with no adapter under its grammar: a random
 valid action) and ``random_click``. ``coevolve``: WebEvolver's rounds
@@ -119,6 +120,7 @@ class Evidence:
             if seed == self.seeds[0]:
                 stage(f"{at}/eval_wmla", lambda out, s=seed: self._evaluate_wmla(out, s))
                 stage(f"{at}/fidelity", lambda out, s=seed: self._fidelity(out, s))
+                stage(f"{at}/reward_quality", lambda out, s=seed: self._reward_quality(out, s))
         if int(self.cfg.coevolve.rounds) > 0:
             stage("coevolve", self._coevolve)
         found = results(self.cfg, self.out)
@@ -339,6 +341,28 @@ class Evidence:
         ]
         evaluate.run(self.stages.job("evaluate", out, overrides, seed))
 
+    def _reward_quality(self, out: Path, seed: int) -> None:
+        """The trained reward model and judge on the held-out episodes' steps and
+        trajectories (those ``fidelity`` reads), labelled by the environment, against a
+        constant score (:mod:`websynthesis.evaluation.reward_quality`)."""
+        from websynthesis.evaluation.reward_quality import quality_report
+        from websynthesis.models.roles import ModelClient
+
+        reward = _value(self._adapter(seed, "reward_model"))
+        job = self.stages.job(
+            "evaluate",
+            out,
+            [*self._env(), f"model.adapters.reward={reward}", f"model.adapters.judge={reward}"],
+            seed,
+        )
+        sources = [self.out / "untrained", *(self.dir(seed, f"eval_{arm}") for arm in HEADLINE)]
+        client = ModelClient.from_config(job.model)
+        try:
+            report = quality_report(client, sources, seed=seed, judge=True)
+        finally:
+            client.close()
+        atomic_write_json(out / "reward_quality.json", report)
+
     def _coevolve(self, out: Path) -> None:
         from hydra import compose
 
@@ -539,6 +563,9 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
             "tasks": reproduction.get("tasks", {}),
         },
         "world_model": _world_model(out / f"seed_{first}" / "fidelity" / "fidelity.json"),
+        "reward_model": _reward_model(
+            out / f"seed_{first}" / "reward_quality" / "reward_quality.json"
+        ),
         "rounds": _rounds(out / "coevolve" / "metrics.json"),
     }
 
@@ -573,6 +600,37 @@ def _kind_row(row: dict[str, Any]) -> dict[str, Any]:
         "page_f1_model": row["model"]["f1_content"],
         "page_f1_copy": row["copy_baseline"]["f1_content"],
     }
+
+
+def _reward_model(path: Path) -> dict[str, Any]:
+    """The reward model's and the judge's AUC on held-out steps / trajectories, with the
+    constant score's and "shallower is better"'s beside them."""
+    report = read_json(path, None)
+    if report is None:
+        return {}
+    shown: dict[str, Any] = {
+        "steps": report["steps"],
+        "good": report["good"],
+        "unscored": report.get("unscored"),
+    }
+    for name in ("model", "constant", "shallower_is_better"):
+        row = report[name]
+        shown[name] = {
+            "auc": row["auc"],
+            "auc_bootstrap_95": row["auc_bootstrap_95"],
+            "sibling_pairwise_accuracy": row["sibling_pairwise_accuracy"],
+            "sibling_pairs": row["sibling_pairs"],
+        }
+    judge = report.get("judge")
+    if judge is not None:
+        shown["judge"] = {
+            "trajectories": judge["trajectories"],
+            "succeeded": judge["succeeded"],
+            "auc": judge["model"]["auc"],
+            "auc_bootstrap_95": judge["model"]["auc_bootstrap_95"],
+            "constant_auc": judge["constant"]["auc"],
+        }
+    return shown
 
 
 def _rounds(path: Path) -> list[dict[str, Any]]:
