@@ -33,6 +33,14 @@ def test_primary_configs_compose(name: str) -> None:
     assert cfg.model.roles.policy.template == "policy"
 
 
+@pytest.mark.parametrize("name", PRIMARY)
+def test_per_request_http_lines_are_debug_not_info(name: str) -> None:
+    cfg = compose(config_name=name, return_hydra_config=True)
+    loggers = cfg.hydra.job_logging.loggers
+    assert loggers.httpx.level == loggers.httpcore.level == "WARNING"
+    assert cfg.hydra.job_logging.root.level == "INFO"  # the project's own lines stay
+
+
 def test_every_group_option_composes() -> None:
     groups = {
         "synthesize": [

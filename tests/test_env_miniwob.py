@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -139,6 +142,21 @@ def test_unknown_task_and_step_before_reset_are_typed_errors() -> None:
             fresh.step(parse_action("click [1]"))
         with pytest.raises(ValueError, match="unknown MiniWoB"):
             fresh.reset("no-such-task", seed=0)
+
+
+def test_a_script_without_a_main_guard_is_told_why_its_worker_died(tmp_path: Path) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from websynthesis.config import EnvConfig\n"
+        "from websynthesis.env.browsergym_env import make_env\n"
+        "make_env(EnvConfig(name='miniwob')).reset('click-button', seed=0)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=240, check=False
+    )
+    assert ran.returncode != 0
+    assert "EnvError" in ran.stderr and "before answering" in ran.stderr
+    assert f"if {script} uses the environment at its top level" in ran.stderr
 
 
 @pytest.mark.slow

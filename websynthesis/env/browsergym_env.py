@@ -21,6 +21,7 @@ the task score the final page, and ends the episode.
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import weakref
 from collections.abc import Sequence
 from dataclasses import replace
@@ -155,7 +156,8 @@ class BrowserGymEnv:
 
     def _call(self, op: str, args: tuple[Any, ...], timeout: float) -> Any:
         """One request/reply with the worker, started if needed; kills it on any failure."""
-        if self._process is None or not self._process.is_alive():
+        fresh = self._process is None or not self._process.is_alive()
+        if fresh:
             self._kill()
             parent, child = _MP.Pipe()
             process = _MP.Process(target=serve, args=(child, self._spec), daemon=True)
@@ -170,8 +172,9 @@ class BrowserGymEnv:
                 raise _WorkerFailure(f"{op} timed out after {timeout:.0f} s")
             status, value = self._conn.recv()
         except (EOFError, OSError) as error:
+            why = _start_failure(self._process) if fresh else ""
             self._kill()
-            raise _WorkerFailure(f"the browser worker died during {op} ({error!r})") from None
+            raise _WorkerFailure(f"the browser worker died during {op} ({error!r}){why}") from None
         except _WorkerFailure:
             self._kill()
             raise
@@ -230,6 +233,27 @@ def _to_observation(reply: dict[str, Any]) -> Observation:
         open_urls=tuple(reply["open_urls"]),
         last_action_error=reply["last_action_error"],
     )
+
+
+def _start_failure(process: Any) -> str:
+    """Why a worker that never answered died, where it can be told: with ``spawn`` a child
+    imports the main module again, so a script that starts an environment at its top level
+    (no ``if __name__ == "__main__":``) makes every worker fail at its own start."""
+    if process is None:
+        return ""
+    process.join(_CLOSE_TIMEOUT_S)
+    if process.exitcode is None or process.exitcode == 0:
+        return ""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    hint = (
+        f"; if {script} uses the environment at its top level, put that code under "
+        "'if __name__ == \"__main__\":' (the browser worker is started with multiprocessing's "
+        "'spawn', which imports the main module again)"
+        if script
+        else ""
+    )
+    return f": it exited with code {process.exitcode} before answering (see its stderr){hint}"
 
 
 def _shutdown(process: Any, conn: Any) -> None:
