@@ -21,6 +21,7 @@ demo: setup
 	$(PY) -m websynthesis.demo
 
 test: setup
+	$(PY) -m pip check --disable-pip-version-check
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -21,6 +21,7 @@ from websynthesis.data.external import (
     load_examples,
     load_os_genesis,
     load_sft,
+    load_websynthesis_rollback,
 )
 from websynthesis.data.transitions import read_transitions
 from websynthesis.io import DataFileError
@@ -152,6 +153,77 @@ def triple(**changes: Any) -> dict[str, Any]:
     return {key: value for key, value in (row | changes).items() if value is not None}
 
 
+# --- released files, as their writers write them -----------------------------------------
+
+
+def reference_node(action: str, thinking: str, depth: int, state: str, trace: str) -> dict:
+    """A node as the reference WebSynthesis ``saving_traceable_traj`` dumps it (merge.py)."""
+    raw = f"{thinking} In summary, the next action I will perform is ```{action}```"
+    return {"action": raw, "execute_action": action, "state": state, "trace": trace,
+            "depth": depth, "numVisits": 3, "V": 1.0, "v_desc": 0.0,
+            "isFullyExpanded": False, "isTerminal": False, "thinking": thinking,
+            "reflection": ""}  # fmt: skip
+
+
+def test_reference_websynthesis_rollback_rows_become_reflect_and_correct(tmp_path: Path) -> None:
+    step = "<step-1>\nOBSERVATION:\n[1234] link 'Sale'\nREASON FOR ACTION:\nSee the sale.\n"
+    parent = reference_node("click [1234]", "See the sale.", 1, AFTER, step)
+    failed_trace = step + "<step-2>\n...click [9]\n</step-2>\n"
+    failure = reference_node("click [9]", "Wrong link.", 2, BEFORE, failed_trace)
+    correct = reference_node("click [77]", "The heading.", 2, AFTER, step + "<step-2>...")
+    row = {"intent": "Open the sale", "failure": failure, "parent": parent, "correct": correct}
+    path = tmp_path / "webmcts-ttraj"
+    path.mkdir()
+    (path / "0.json").write_text(json.dumps([row, row], indent=4))  # json.dump as merge.py
+
+    loaded = load_examples(
+        ExternalSource.from_config({"path": str(path), "format": "websynthesis_rollback",
+                                    "mix": "rollback"})
+    )  # fmt: skip
+    assert len(loaded.items) == 4
+    reflect, fix = loaded.items[:2]
+    assert reflect.meta["stage"] == "reflect" and fix.meta["stage"] == "correct"
+    asked = reflect.messages[0]["content"]
+    assert asked.startswith("OBJECTIVE:\nOpen the sale\n\nTRAJECTORY:\n" + failed_trace)
+    assert asked.endswith(f"OBSERVATION:\n{BEFORE}\n\nWhat's the next action?")
+    assert (
+        reflect.messages[-1]["content"]
+        == "In summary, the next action I will perform is ```go_back```"
+    )
+    went_back = fix.messages[0]["content"]
+    assert "ACTION:\ngo_back\n</step-2>" in went_back and f"OBSERVATION:\n{AFTER}" in went_back
+    assert fix.messages[-1]["content"] == correct["action"]
+
+    bad = dict(row, correct=dict(correct, execute_action="fly [2]"))
+    (path / "1.json").write_text(json.dumps([row, bad], indent=4))
+    with pytest.raises(DataFileError, match=r"1.json:\d+: field '\[1\]\.correct\.execute_action'"):
+        load_websynthesis_rollback(path)
+    missing = dict(row, parent={k: v for k, v in parent.items() if k != "state"})
+    (path / "1.json").write_text(json.dumps([missing]))
+    with pytest.raises(DataFileError, match=r"field '\[0\]\.parent\.state'"):
+        load_websynthesis_rollback(path)
+
+
+def test_webevolver_rows_in_both_shapes_read_as_chat(tmp_path: Path) -> None:
+    system = {"role": "system", "content": "You predict the accessibility tree of the next page."}
+    turns = [
+        system,
+        {"role": "user", "content": 'Initial operation: CallWeb(query="sale")\n\nOBJECTIVE: sale'},
+        {"role": "assistant", "content": BEFORE},
+        {"role": "user", "content": "Action: ```click [1234]```\nOBJECTIVE: sale"},
+        {"role": "assistant", "content": AFTER},
+    ]
+    path = tmp_path / "webevolver_world_model_sft.jsonl"
+    path.write_text(json.dumps(turns) + "\n" + json.dumps({"messages": turns}) + "\n")
+    loaded = load_chat(path)
+    assert [len(e.messages) for e in loaded.items] == [5, 5]
+    assert loaded.items[0].messages == loaded.items[1].messages
+    assert loaded.items[0].messages[-1]["content"] == AFTER
+    path.write_text(json.dumps(turns) + "\n" + json.dumps([{"role": "pilot", "content": "x"}]))
+    with pytest.raises(DataFileError, match=r"jsonl:2: field 'messages\[0\]\.role'"):
+        load_chat(path)
+
+
 def test_os_genesis_triples_become_real_transitions(tmp_path: Path) -> None:
     walks = tmp_path / "walks"
     walks.mkdir()
@@ -277,6 +349,7 @@ LOADERS: dict[str, Callable[[Path], object]] = {
     "chat": load_chat,
     "sft": load_sft,
     "os_genesis": load_os_genesis,
+    "websynthesis_rollback": load_websynthesis_rollback,
     "transitions": lambda path: list(read_transitions(path)),
 }
 
@@ -295,6 +368,6 @@ def test_loaders_raise_nothing_but_data_file_errors(
         except DataFileError:
             pass
         if loader != "transitions":
-            skipping = {"chat": load_chat, "sft": load_sft, "os_genesis": load_os_genesis}[loader]
-            loaded = skipping(path, on_error=OnError.SKIP)  # type: ignore[operator]
-            assert len(loaded.items) + len(loaded.skipped) == len(found)
+            loaded = LOADERS[loader](path, on_error=OnError.SKIP)  # type: ignore[call-arg]
+            per_row = 2 if loader == "websynthesis_rollback" else 1  # reflect, then correct
+            assert len(loaded.items) + per_row * len(loaded.skipped) == per_row * len(found)

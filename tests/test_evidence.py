@@ -30,6 +30,7 @@ from websynthesis.pipelines.evidence import (
     results,
     within_budget,
 )
+from websynthesis.pipelines.stages import StagedRun
 from websynthesis.web.actions import Action, format_response, parse_action
 from websynthesis.web.observation import parse_axtree
 
@@ -169,6 +170,27 @@ def test_imagined_paths_read_each_trees_steps_in_depth_order(tmp_path: Path) -> 
         imagined_paths(bad)
 
 
+def test_staged_runs_record_each_stages_seconds_over_its_sessions(tmp_path: Path) -> None:
+    ran: list[str] = []
+
+    def fails(out: Path) -> None:
+        raise RuntimeError("killed")
+
+    stages = StagedRun(tmp_path, [], 0)
+    stages.stage("a", lambda out: ran.append("a"))
+    with pytest.raises(RuntimeError):
+        stages.stage("b", fails)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["done"] == ["a"] and set(state["seconds"]) == {"a"} and "b" in state["open"]
+
+    resumed = StagedRun(tmp_path, [], 0)  # a new session: "a" is done, "b" runs again
+    resumed.stage("a", lambda out: ran.append("again"))
+    resumed.stage("b", lambda out: ran.append("b"))
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert ran == ["a", "b"] and state["done"] == ["a", "b"] and "open" not in state
+    assert state["seconds"]["b"] >= 0.0
+
+
 # --- results ------------------------------------------------------------------------------
 
 
@@ -198,6 +220,10 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
     (seed / "train_textui_bc_imagined" / "skipped.json").write_text("{}")
     (seed / "real_data").mkdir()
     (seed / "real_data" / "budget.json").write_text(json.dumps({"budget": 90, "real_steps": 88}))
+    (tmp_path / "state.json").write_text(json.dumps(
+        {"done": ["untrained", "seed_0/eval_bc_live", "seed_0/live_search"],
+         "seconds": {"untrained": 120.0, "seed_0/eval_bc_live": 60.0,
+                     "seed_0/live_search": 300.0}}))  # fmt: skip
     (seed / "reward_quality").mkdir()
     (seed / "reward_quality" / "reward_quality.json").write_text(json.dumps(REWARD_QUALITY))
     found = results(cfg, tmp_path)
@@ -227,6 +253,10 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
     assert "(no data: untrained)" in page
     assert "| reward model | 0.750 | [0.600, 0.900] | 0.700 (10) |" in page
     assert "| constant score | 0.500 | - | 0.500 (10) |" in page
+    assert found["stage_minutes"] == {"untrained": 2.0, "seed_0/eval_bc_live": 1.0,
+                                      "seed_0/live_search": 5.0}  # fmt: skip
+    assert "| MCTS in the browser | 5.0 | 62.5 % |" in page
+    assert "| evaluate held-out episodes | 3.0 | 37.5 % |" in page
 
 
 def _ranking(auc: float, boot: list[float] | None, sibling: float) -> dict[str, object]:

@@ -61,6 +61,7 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
         assert row["episodes"] == 4, arm  # 2 tasks x 2 held-out seeds, every arm the same
         assert 0 <= row["successes"] <= 4 and row["ci95"][0] <= row["rate"] <= row["ci95"][1]
     assert results["wall_time_min"] > 0
+    assert list(results["stage_minutes"]) == done  # every stage timed, in the order it ran
     steps = results["pipeline_seed_runs"]["0"]["real_steps"]
     assert 0 < steps["bc_imagined"] <= steps["bc_live"]
     rep = results["reproduction"]

@@ -2,7 +2,10 @@
 
 Formats (``data.external`` entries are ``{path, format, mix, instruction, on_error}``):
 
-* ``chat``: chat-format rows (:mod:`websynthesis.data.chat`), to :class:`ChatExample`.
+* ``chat``: chat-format rows (:mod:`websynthesis.data.chat`), to :class:`ChatExample`; a row
+  may also be a bare list of ``{role, content}`` messages, as WebEvolver's released SFT files
+  (``webevolver_policy_sft.jsonl``, ``webevolver_world_model_sft.jsonl``) write some of theirs.
+  A multi-turn row trains on its last assistant turn (``data.mask_history``).
 * ``sft``: ``{"input", "output"}`` or ``{"instruction", "input", "output"}`` rows, the style
   of the released WebSynthesis files (``textui-*.json``, ``world-model-training-data-27k.json``,
   ``os_genesis_sft7k.json``), to :class:`ChatExample`: ``output`` is the assistant turn, and
@@ -11,6 +14,14 @@ Formats (``data.external`` entries are ``{path, format, mix, instruction, on_err
   the user message, separated by a blank line (``instruction: prefix``, the Alpaca layout). A
   row with an empty ``input`` always asks its instruction as the user message. Other keys are
   ignored.
+* ``websynthesis_rollback``: the reference WebSynthesis "traceable" rows
+  ``{"intent", "failure", "parent", "correct"}`` (``webmcts-ttraj/*.json``; each node
+  ``{action, execute_action, state, trace, depth, reflection, ...}``), to the two examples
+  their design intends (the reference converter never ran): on the failed node's page, its
+  ``reflection`` then ``go_back``; then, with that ``go_back`` step in the trajectory, on the
+  parent's page, the correct node's ``action``. Both ask in the reference's policy layout
+  (``OBJECTIVE`` / ``TRAJECTORY`` / ``OBSERVATION``, like its valuable ``sft`` rows); a
+  ``correct.execute_action`` that is not an action, or a missing node field, is a bad row.
 * ``os_genesis``: raw web triples ``{"a11y_before", "action", "a11y_after"}`` (``action`` is an
   action string, or a list whose first item is one, as OS-Genesis' random walk records it;
   ``website_name`` and ``url``, if present, must be strings and name the task), to
@@ -51,6 +62,7 @@ T = TypeVar("T")
 class ExternalFormat(StrEnum):
     CHAT = "chat"
     SFT = "sft"
+    WEBSYNTHESIS_ROLLBACK = "websynthesis_rollback"
     OS_GENESIS = "os_genesis"
 
 
@@ -111,6 +123,8 @@ def load_examples(source: ExternalSource) -> Loaded[ChatExample]:
         return load_chat(source.path, on_error=source.on_error)
     if source.format is ExternalFormat.SFT:
         return load_sft(source.path, instruction=source.instruction, on_error=source.on_error)
+    if source.format is ExternalFormat.WEBSYNTHESIS_ROLLBACK:
+        return load_websynthesis_rollback(source.path, on_error=source.on_error)
     raise ValueError(f"{source.path}: {source.format} files hold transitions, not examples")
 
 
@@ -119,6 +133,7 @@ def load_chat(path: Path | str, *, on_error: OnError = OnError.RAISE) -> Loaded[
     the file."""
 
     def convert(row: Any, fail: Fail, where: Path, line: int) -> ChatExample:
+        row = {"messages": row} if isinstance(row, list) else row  # WebEvolver's bare lists
         example = chat_example(row, fail, path=where, line=line)
         return ChatExample(example.messages, {"source": str(where), **example.meta})
 
@@ -136,6 +151,17 @@ def load_sft(
 
     def convert(row: Any, fail: Fail, where: Path, line: int) -> ChatExample:
         return _sft_example(row, fail, placement, {"source": str(where)})
+
+    return _load(Path(path), convert, OnError(on_error))
+
+
+def load_websynthesis_rollback(
+    path: Path | str, *, on_error: OnError = OnError.RAISE
+) -> Loaded[ChatExample]:
+    """The reference WebSynthesis rollback rows, two examples each (see the module docstring)."""
+
+    def convert(row: Any, fail: Fail, where: Path, line: int) -> list[ChatExample]:
+        return _rollback_examples(row, fail, {"source": str(where), "kind": "rollback"})
 
     return _load(Path(path), convert, OnError(on_error))
 
@@ -172,6 +198,77 @@ def _sft_example(row: Any, fail: Fail, placement: Instruction, meta: dict[str, A
         messages.append(_user(question))
     messages.append({"role": "assistant", "content": output})
     return ChatExample(tuple(messages), meta)
+
+
+_REFERENCE_ASK = "OBJECTIVE:\n{intent}\n\nTRAJECTORY:\n{trace}\n\nOBSERVATION:\n{state}\n\n" \
+    "What's the next action?"  # fmt: skip
+_REFERENCE_ANSWER = "{reason} In summary, the next action I will perform is ```{action}```"
+_REFERENCE_STEP = (
+    "<step-{depth}>\nOBSERVATION:\n{state}\nREASON FOR ACTION:\n{reason}\nACTION:\n{action}\n"
+    "</step-{depth}>\n"
+)
+
+
+def _rollback_examples(row: Any, fail: Fail, meta: dict[str, Any]) -> list[ChatExample]:
+    if not isinstance(row, dict):
+        raise fail(None, f"expected a JSON object, got {type(row).__name__}")
+    intent = row.get("intent")
+    if not isinstance(intent, str) or not intent.strip():
+        raise fail("intent", "expected a non-empty string" if intent is not None else "missing")
+    nodes = {}
+    for name in ("failure", "parent", "correct"):
+        node = row.get(name)
+        if not isinstance(node, dict):
+            got = "missing" if node is None else f"got {type(node).__name__}"
+            raise fail(name, f"expected a search node object ({got})")
+        nodes[name] = node
+    failure, parent, correct = nodes["failure"], nodes["parent"], nodes["correct"]
+    failed_trace = _text(failure, "trace", fail, "failure", blank=True)
+    failed_page = page_field(failure, "state", _within(fail, "failure"))
+    parent_page = page_field(parent, "state", _within(fail, "parent"))
+    depth = failure.get("depth")
+    if not isinstance(depth, int) or isinstance(depth, bool):
+        raise fail("failure.depth", "expected an integer")
+    reflection = _text(failure, "reflection", fail, "failure", blank=True, default="").strip()
+    answer = _text(correct, "action", fail, "correct")
+    action_field(correct.get("execute_action"), "correct.execute_action", fail)
+    went_back = failed_trace + _REFERENCE_STEP.format(
+        depth=depth, state=failed_page, reason=reflection, action="go_back"
+    )
+    ask = _REFERENCE_ASK.format
+    back = _REFERENCE_ANSWER.format(reason=reflection, action="go_back").strip()
+    return [
+        ChatExample(
+            (_user(ask(intent=intent, trace=failed_trace, state=failed_page)),
+             {"role": "assistant", "content": back}),
+            meta | {"stage": "reflect"},
+        ),
+        ChatExample(
+            (_user(ask(intent=intent, trace=went_back, state=parent_page)),
+             {"role": "assistant", "content": answer}),
+            meta | {"stage": "correct"},
+        ),
+    ]  # fmt: skip
+
+
+def _within(fail: Fail, node: str) -> Fail:
+    return lambda field, message: fail(f"{node}.{field}" if field else node, message)
+
+
+def _text(
+    node: dict[str, Any],
+    key: str,
+    fail: Fail,
+    name: str,
+    *,
+    blank: bool = False,
+    default: str | None = None,
+) -> str:
+    value = node.get(key, default)
+    if not isinstance(value, str) or (not blank and not value.strip()):
+        got = "missing" if value is None else f"got {type(value).__name__}"
+        raise fail(f"{name}.{key}", f"expected {'a' if blank else 'a non-empty'} string ({got})")
+    return value
 
 
 def _user(content: str) -> dict[str, str]:
@@ -215,7 +312,10 @@ class _Row:
     error: DataFileError | None = None
 
 
-def _load(path: Path, convert: Callable[[Any, Fail, Path, int], T], on_error: OnError) -> Loaded[T]:
+def _load(
+    path: Path, convert: Callable[[Any, Fail, Path, int], T | list[T]], on_error: OnError
+) -> Loaded[T]:
+    """Every row of ``path``'s files through ``convert`` (one item per row, or a list)."""
     loaded: Loaded[T] = Loaded()
     for file in _files(path):
         for row in _rows(file):
@@ -223,7 +323,8 @@ def _load(path: Path, convert: Callable[[Any, Fail, Path, int], T], on_error: On
                 if row.error is not None:
                     raise row.error
                 fail = failer(file, row.line, row.prefix)
-                loaded.items.append(convert(row.value, fail, file, row.line))
+                items = convert(row.value, fail, file, row.line)
+                loaded.items.extend(items if isinstance(items, list) else [items])
             except DataFileError as error:
                 if on_error is OnError.RAISE:
                     raise

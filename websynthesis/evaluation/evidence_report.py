@@ -123,6 +123,8 @@ def markdown(results: dict[str, Any], *, command: str, machine: str, plots: dict
     if "world_model" in plots:
         lines += ["", f"![world-model change F1 per action]({plots['world_model']})"]
     lines += ["", "## Reward model and judge on held-out steps", "", _reward_table(results)]
+    if results.get("stage_minutes"):
+        lines += ["", "## Where the time goes", "", _time_table(results)]
     if results.get("rounds"):
         lines += ["", "## Co-evolution rounds", "", _rounds_table(results)]
         if "rounds" in plots:
@@ -222,6 +224,41 @@ def _reward_table(results: dict[str, Any]) -> str:
             f"constant verdict {_f(judge['constant_auc'])}.",
         ]
     return "\n".join(rows)
+
+
+def _time_table(results: dict[str, Any]) -> str:
+    """Minutes per kind of stage (``seed_0/eval_bc_live`` is an ``eval`` stage), largest
+    first, then every stage."""
+    minutes: dict[str, float] = results["stage_minutes"]
+    kinds: dict[str, float] = {}
+    for name, spent in minutes.items():
+        kind = _stage_kind(name.rsplit("/", 1)[-1])
+        kinds[kind] = kinds.get(kind, 0.0) + spent
+    total = sum(minutes.values())
+    rows = ["| kind of stage | minutes | share |", "| --- | --- | --- |"]
+    for kind, spent in sorted(kinds.items(), key=lambda item: -item[1]):
+        rows.append(f"| {kind} | {spent:.1f} | {_pct(spent / total if total else None)} |")
+    rows += ["", "Every stage, in the order it ran: " + ", ".join(
+        f"`{name}` {spent:.1f}" for name, spent in minutes.items()) + " (minutes)."]  # fmt: skip
+    return "\n".join(rows)
+
+
+def _stage_kind(stage: str) -> str:
+    if stage in ("untrained", "random_click") or stage.startswith("eval_"):
+        return "evaluate held-out episodes"
+    if stage.startswith("train_"):
+        return "train a policy"
+    return {
+        "live_search": "MCTS in the browser",
+        "imagined_search": "MCTS in the world model",
+        "explore": "explore (untrained policy, training seeds)",
+        "world_model": "train the world model",
+        "reward_model": "train the reward model",
+        "reproduce": "replay imagined successes",
+        "coevolve": "co-evolution rounds",
+        "fidelity": "world-model fidelity",
+        "reward_quality": "reward-model quality",
+    }.get(stage, stage)
 
 
 def _interval(bounds: list[float] | None) -> str:

@@ -567,6 +567,10 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
             out / f"seed_{first}" / "reward_quality" / "reward_quality.json"
         ),
         "rounds": _rounds(out / "coevolve" / "metrics.json"),
+        "stage_minutes": {
+            name: round(seconds / 60, 2)
+            for name, seconds in read_json(out / "state.json", {}).get("seconds", {}).items()
+        },
     }
 
 

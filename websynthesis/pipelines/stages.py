@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,35 @@ class StagedRun:
         self.seed = seed
         self.prefix = prefix  # of the jobs' task names: <prefix>_<parent dir>_<stage>
         self.state_path = out / "state.json"
-        self.done: list[str] = read_json(self.state_path, {"done": []})["done"]
+        state = read_json(self.state_path, {"done": []})
+        self.done: list[str] = state["done"]
+        # Wall seconds of each finished stage, over the sessions that worked on it (a
+        # resumed stage adds its sessions; the part of one killed before any finish is lost).
+        self.seconds: dict[str, float] = state.get("seconds", {})
+        self._open: dict[str, float] = state.get("open", {})
 
     def stage(self, name: str, run: Callable[[Path], Any]) -> None:
         """Run ``run(<out>/<name>)`` unless ``name`` is recorded as done; then record it."""
         if name in self.done:
             return
         log.info("stage: %s", name)
-        run(self.out / name)
+        started = time.monotonic()
+        try:
+            run(self.out / name)
+        except BaseException:
+            self._open[name] = round(self._open.get(name, 0.0) + time.monotonic() - started, 1)
+            self._write()
+            raise
+        spent = self._open.pop(name, 0.0) + time.monotonic() - started
+        self.seconds[name] = round(spent, 1)
         self.done.append(name)
-        atomic_write_json(self.state_path, {"done": self.done})
+        self._write()
+
+    def _write(self) -> None:
+        state: dict[str, Any] = {"done": self.done, "seconds": self.seconds}
+        if self._open:
+            state["open"] = self._open  # failed sessions of unfinished stages, added on finish
+        atomic_write_json(self.state_path, state)
 
     def job(
         self, config_name: str, out: Path, overrides: Sequence[str], seed: int | None = None
