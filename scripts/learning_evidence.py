@@ -19,7 +19,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -50,17 +49,13 @@ def main(cfg: DictConfig) -> None:
     from websynthesis.evaluation import evidence_report as report
     from websynthesis.io import atomic_write_json, atomic_write_text
     from websynthesis.pipelines import evidence
-    from websynthesis.pipelines.stages import read_json
 
     out = Path(cfg.paths.output_dir)
     profile = HydraConfig.get().runtime.choices.get("evidence", "")
-    before = read_json(out / "state.json", {"done": []})["done"]
-    started = time.monotonic()
     results = evidence.run(cfg)
-    worked = read_json(out / "state.json", {"done": []})["done"] != before
-    results["wall_time_min"] = round(
-        _add_wall_time(out, time.monotonic() - started, worked) / 60, 1
-    )
+    # Every stage's wall time over the sessions that ran it (state.json): a resumed run adds
+    # up, and rewriting the report of a finished run adds nothing.
+    results["wall_time_min"] = round(sum(results["stage_minutes"].values()), 1)
     atomic_write_json(out / "results.json", results)
 
     report_dir = (
@@ -90,21 +85,6 @@ def main(cfg: DictConfig) -> None:
         mark = "n/a" if goal.holds is None else "ok" if goal.holds else "MISSED"
         print(f"[{mark}] {goal.name}: {goal.detail}")
     print(f"report: {report_dir / 'results.md'}")
-
-
-def _add_wall_time(out: Path, seconds: float, worked: bool) -> float:
-    """The run's wall time over every session that worked on it (a resumed run adds up;
-    rewriting the report of a finished run adds nothing)."""
-    import json
-
-    from websynthesis.io import atomic_write_json
-
-    path = out / "wall_time.json"
-    sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
-    if worked:
-        sessions.append(round(seconds, 1))
-        atomic_write_json(path, {"sessions": sessions, "total_s": round(sum(sessions), 1)})
-    return sum(sessions)
 
 
 def _machine() -> str:

@@ -22,20 +22,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-PER_SEED = [
+HEADLINE_STAGES = [
     "live_search", "explore", "real_data", "world_model", "reward_model", "first_pages",
     "imagined_search", "reproduce",
     "train_bc_live", "eval_bc_live", "train_bc_imagined", "eval_bc_imagined",
+    "fidelity", "reward_quality",
+]  # fmt: skip
+ABLATION_STAGES = [
     "train_bc_imagined_valuable", "eval_bc_imagined_valuable",
-    "train_textui_bc_imagined", "eval_textui_bc_imagined", "eval_wmla", "fidelity",
-    "reward_quality",
+    "train_textui_bc_imagined", "eval_textui_bc_imagined", "eval_wmla",
 ]  # fmt: skip
 
 
-def run_script(out: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+def run_script(out: Path, cache: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable, "scripts/learning_evidence.py", "evidence=mini", f"hydra.run.dir={out}",
-        f"report_dir={out / 'report'}", f"paths.cache_dir={cache}",
+        f"report_dir={out / 'report'}", f"paths.cache_dir={cache}", *overrides,
     ]  # fmt: skip
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1700)
 
@@ -47,11 +49,21 @@ def seeds_of(run: Path) -> set[int]:
 def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_path: Path) -> None:
     out = tmp_path / "evidence"
     cache = tiny_model_path.parents[1]
-    first = run_script(out, cache)
-    assert first.returncode == 0, first.stderr[-4000:]
+    early = run_script(out, cache, "part=ablations")  # the ablations build on the headline
+    assert early.returncode != 0 and "run part=headline" in early.stderr
 
+    first = run_script(out, cache, "part=headline")
+    assert first.returncode == 0, first.stderr[-4000:]
     done = json.loads((out / "state.json").read_text())["done"]
-    assert done == ["untrained", "random_click", *(f"seed_0/{s}" for s in PER_SEED)]
+    assert done == ["untrained", "random_click", *(f"seed_0/{s}" for s in HEADLINE_STAGES)]
+    headline = json.loads((out / "results.json").read_text())
+    assert not headline["arms"]["wmla"]["evaluated"] and headline["arms"]["bc_live"]["evaluated"]
+    assert "(not run yet)" in (out / "report" / "results.md").read_text()
+
+    second = run_script(out, cache, "part=ablations")
+    assert second.returncode == 0, second.stderr[-4000:]
+    done = json.loads((out / "state.json").read_text())["done"]
+    assert done[len(HEADLINE_STAGES) + 2 :] == [f"seed_0/{s}" for s in ABLATION_STAGES]
     results = json.loads((out / "report" / "results.json").read_text())
     assert results == json.loads((out / "results.json").read_text())
     assert results["tasks"] == ["click-button", "choose-list"]
@@ -97,4 +109,5 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
     again = run_script(out, cache)
     assert again.returncode == 0, again.stderr[-4000:]
     assert json.loads((out / "state.json").read_text())["done"] == done
-    assert json.loads((out / "wall_time.json").read_text())["sessions"].__len__() == 1
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["wall_time_min"] == results["wall_time_min"]  # a finished run adds no time

@@ -529,6 +529,7 @@ class EvidenceConfig:
     eval_seeds: list[int] = field(default_factory=list)
     eval_attempts: int = 1
     pipeline_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    part: str = "all"  # all | headline | ablations (see conf/learning_evidence.yaml)
     explore: ExploreSettings = field(default_factory=ExploreSettings)
     wmla: WmlaArm = field(default_factory=WmlaArm)
     coevolve: EvidenceCoevolve = field(default_factory=EvidenceCoevolve)

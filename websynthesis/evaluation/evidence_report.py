@@ -49,7 +49,7 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     out.append(
         Goal(
             "bc_imagined >= 2x untrained and >= +20 points, McNemar p < 0.01",
-            holds and imagined["rate"] > 0,
+            _if_run(holds and imagined["rate"] > 0, imagined, base),
             f"{_pct(imagined['rate'])} vs {_pct(base['rate'])} ({gain * 100:+.1f} points, "
             f"p = {_p(p)})",
         )
@@ -59,7 +59,7 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     out.append(
         Goal(
             "bc_imagined within 10 points of bc_live",
-            abs(gap) <= 0.10 or gap > 0,
+            _if_run(abs(gap) <= 0.10 or gap > 0, imagined, live),
             f"{_pct(imagined['rate'])} vs {_pct(live['rate'])} ({gap * 100:+.1f} points, "
             f"McNemar p = {_p(p_live)})",
         )
@@ -78,7 +78,7 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     out.append(
         Goal(
             "wmla >= +5 points over the same policy without it",
-            wmla["rate"] - without["rate"] >= 0.05,
+            _if_run(wmla["rate"] - without["rate"] >= 0.05, wmla, without),
             f"{_pct(wmla['rate'])} vs {_pct(without['rate'])} "
             f"(McNemar p = {_p((paired.get('wmla_vs_without') or {}).get('p_value'))})",
         )
@@ -97,10 +97,22 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     return out
 
 
+def _if_run(holds: bool, *arms: dict[str, Any]) -> bool | None:
+    """``holds``, or None (not measured) when one of the arms was not evaluated."""
+    return holds if all(arm.get("evaluated", True) for arm in arms) else None
+
+
 def markdown(results: dict[str, Any], *, command: str, machine: str, plots: dict[str, str]) -> str:
     lines = ["## How it was made", "", "```", command, "```", ""]
     if results.get("wall_time_min") is not None:
-        lines.append(f"Wall time: {results['wall_time_min']:.1f} min on {machine}.")
+        parts = results.get("part_minutes") or {}
+        split = (
+            f" (stages of part=headline {parts['headline']:.1f} min, part=ablations "
+            f"{parts['ablations']:.1f} min)"
+            if parts.get("headline") and parts.get("ablations")
+            else ""
+        )
+        lines.append(f"Wall time: {results['wall_time_min']:.1f} min on {machine}{split}.")
     lines += [
         f"Tasks: {', '.join(results['tasks'])}. Training seeds {_seeds(results['train_seeds'])};"
         f" held-out seeds {_seeds(results['eval_seeds'])} x {results['eval_attempts']} attempt(s)"
@@ -140,7 +152,9 @@ def _arms_table(results: dict[str, Any]) -> str:
         low, high = row["ci95"]
         vs = paired.get(f"{arm}_vs_untrained")
         note = (
-            ""
+            " (not run yet)"
+            if not row.get("evaluated", True)
+            else ""
             if row.get("trained", True) or arm in ("untrained", "random_click")
             else " (no data: untrained)"
         )
@@ -291,7 +305,7 @@ def _pyplot() -> Any:
 def plot_arms(results: dict[str, Any], path: Path) -> None:
     """Success per arm with its Wilson interval."""
     plt = _pyplot()
-    arms = list(results["arms"].items())
+    arms = [(arm, row) for arm, row in results["arms"].items() if row.get("evaluated", True)]
     fig, ax = plt.subplots(figsize=(7.2, 3.8), dpi=120)
     rates = [row["rate"] for _, row in arms]
     errors = [[r - row["ci95"][0] for r, (_, row) in zip(rates, arms, strict=True)],

@@ -18,12 +18,14 @@ One run dir, every arm evaluated on the same held-out episodes (``eval_seeds`` x
    browser on its instance (:mod:`websynthesis.evaluation.replay`).
 5. The policies, each trained from scratch and evaluated: ``bc_live`` (live valuable +
    rollback), ``bc_imagined`` (= ``bc_imagined_valuable_rollback``: imagined valuable +
-   rollback) on every pipeline seed; on the first only also ``bc_imagined_valuable``,
+   rollback) on every pipeline seed; on the first also ``fidelity`` (the world model on the
+   held-out steps of the untrained and trained policies, by action kind, against copying the
+   page) and ``reward_quality`` (the trained reward model and judge on the same held-out
+   episodes, against a constant). That is ``part=headline``.
+6. ``part=ablations`` (after it, same run dir), on the first seed: ``bc_imagined_valuable``,
    ``textui_bc_imagined`` (the TextUI warm-up on ``real_data``'s and the imagined pages, then
    BC on the imagined trajectories), ``wmla`` (``wmla.arm`` with the world model's
-   look-ahead), and ``fidelity`` (the world model on the held-out steps of the untrained and
-   trained policies, by action kind, against copying the page) and ``reward_quality``
-   (the trained reward model and judge on the same held-out episodes, against a constant).
+   look-ahead), and the co-evolution rounds. ``part=all`` runs both in one session.
 
 Shared by all seeds: ``untrained`` (the policy with no adapter under its grammar: a random
 valid action) and ``random_click``. ``coevolve``: WebEvolver's rounds
@@ -65,6 +67,12 @@ ARMS = (
     "wmla",
 )
 HEADLINE = ("bc_live", "bc_imagined")
+ABLATION_ARMS = ("bc_imagined_valuable", "textui_bc_imagined")  # then wmla and the rounds
+# part=headline: the baselines and every pipeline seed's data engine and headline arms (with
+# fidelity and reward quality); part=ablations, on the same run dir after it: the first
+# seed's other arms, WMLA and co-evolution; part=all: both in one session.
+PARTS = ("all", "headline", "ablations")
+ABLATIONS_NEED = ("real_data", "imagined_search", "world_model", "train_bc_imagined")
 # What each trained arm learns from: (search stage, trajectory kinds, curriculum).
 POLICY_DATA = {
     "bc_live": ("live_search", ("valuable", "rollback"), "bc_only"),
@@ -97,35 +105,56 @@ class Evidence:
     # --- the run ---------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        stage = self.stages.stage
-        stage("untrained", lambda out: self._evaluate(out, policy=None))
-        stage(
-            "random_click",
-            lambda out: self._evaluate(out, policy=None, extra=["eval.policy=random_click"]),
-        )
-        for seed in self.seeds:
-            at = f"seed_{seed}"
-            stage(f"{at}/live_search", lambda out, s=seed: self._live_search(out, s))
-            stage(f"{at}/explore", lambda out, s=seed: self._explore(out, s))
-            stage(f"{at}/real_data", lambda out, s=seed: self._real_data(out, s))
-            stage(f"{at}/world_model", lambda out, s=seed: self._world_model(out, s))
-            stage(f"{at}/reward_model", lambda out, s=seed: self._reward_model(out, s))
-            stage(f"{at}/first_pages", lambda out, s=seed: self._first_pages(out, s))
-            stage(f"{at}/imagined_search", lambda out, s=seed: self._imagined_search(out, s))
-            stage(f"{at}/reproduce", lambda out, s=seed: self._reproduce(out, s))
-            arms = HEADLINE if seed != self.seeds[0] else tuple(POLICY_DATA)
-            for arm in arms:
-                stage(f"{at}/train_{arm}", lambda out, s=seed, a=arm: self._train_policy(out, s, a))
-                stage(f"{at}/eval_{arm}", lambda out, s=seed, a=arm: self._evaluate_arm(out, s, a))
-            if seed == self.seeds[0]:
-                stage(f"{at}/eval_wmla", lambda out, s=seed: self._evaluate_wmla(out, s))
-                stage(f"{at}/fidelity", lambda out, s=seed: self._fidelity(out, s))
-                stage(f"{at}/reward_quality", lambda out, s=seed: self._reward_quality(out, s))
-        if int(self.cfg.coevolve.rounds) > 0:
-            stage("coevolve", self._coevolve)
+        part = str(self.cfg.part)
+        if part not in PARTS:
+            raise ValueError(f"part must be one of {list(PARTS)}, not {part!r}")
+        headline, ablations = part in ("all", "headline"), part in ("all", "ablations")
+        stage, first = self.stages.stage, self.seeds[0]
+        if headline:
+            stage("untrained", lambda out: self._evaluate(out, policy=None))
+            stage(
+                "random_click",
+                lambda out: self._evaluate(out, policy=None, extra=["eval.policy=random_click"]),
+            )
+            for seed in self.seeds:
+                self._headline(seed)
+        if ablations:
+            needed = [f"seed_{first}/{name}" for name in ABLATIONS_NEED]
+            missing = [name for name in needed if name not in self.stages.done]
+            if missing:
+                raise RuntimeError(
+                    f"{self.out}: part=ablations builds on the headline part, which has not "
+                    f"finished {missing}: run part=headline (or part=all) on this run dir first"
+                )
+            at = f"seed_{first}"
+            for arm in ABLATION_ARMS:
+                stage(f"{at}/train_{arm}", lambda out, a=arm: self._train_policy(out, first, a))
+                stage(f"{at}/eval_{arm}", lambda out, a=arm: self._evaluate_arm(out, first, a))
+            stage(f"{at}/eval_wmla", lambda out: self._evaluate_wmla(out, first))
+            if int(self.cfg.coevolve.rounds) > 0:
+                stage("coevolve", self._coevolve)
         found = results(self.cfg, self.out)
         atomic_write_json(self.out / "results.json", found)
         return found
+
+    def _headline(self, seed: int) -> None:
+        """One pipeline seed's data engine and its headline arms (and, on the first seed,
+        the world model's fidelity and the reward model's quality on held-out steps)."""
+        stage, at = self.stages.stage, f"seed_{seed}"
+        stage(f"{at}/live_search", lambda out: self._live_search(out, seed))
+        stage(f"{at}/explore", lambda out: self._explore(out, seed))
+        stage(f"{at}/real_data", lambda out: self._real_data(out, seed))
+        stage(f"{at}/world_model", lambda out: self._world_model(out, seed))
+        stage(f"{at}/reward_model", lambda out: self._reward_model(out, seed))
+        stage(f"{at}/first_pages", lambda out: self._first_pages(out, seed))
+        stage(f"{at}/imagined_search", lambda out: self._imagined_search(out, seed))
+        stage(f"{at}/reproduce", lambda out: self._reproduce(out, seed))
+        for arm in HEADLINE:
+            stage(f"{at}/train_{arm}", lambda out, a=arm: self._train_policy(out, seed, a))
+            stage(f"{at}/eval_{arm}", lambda out, a=arm: self._evaluate_arm(out, seed, a))
+        if seed == self.seeds[0]:
+            stage(f"{at}/fidelity", lambda out: self._fidelity(out, seed))
+            stage(f"{at}/reward_quality", lambda out: self._reward_quality(out, seed))
 
     def dir(self, seed: int, stage: str) -> Path:
         return self.out / f"seed_{seed}" / stage
@@ -507,7 +536,8 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
     for arm in ARMS:
         found = outcomes[arm]
         rate = wilson(sum(found.values()), len(found))
-        arms[arm] = rate.to_dict() | {"trained": trained(arm, first)}
+        # evaluated: false where the arm's stage has not run (e.g. part=headline alone)
+        arms[arm] = rate.to_dict() | {"trained": trained(arm, first), "evaluated": bool(found)}
         data = ALIASES.get(arm, str(cfg.wmla.arm) if arm == "wmla" else arm)
         if data in POLICY_DATA:
             path = out / f"seed_{first}" / f"train_{data}" / "policy_data.json"
@@ -542,6 +572,13 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
         ).to_dict()
     if outcomes["wmla"] and outcomes[str(cfg.wmla.arm)]:
         paired["wmla_vs_without"] = mcnemar(outcomes["wmla"], outcomes[str(cfg.wmla.arm)]).to_dict()
+    minutes = {
+        name: round(seconds / 60, 2)
+        for name, seconds in read_json(out / "state.json", {}).get("seconds", {}).items()
+    }
+    ablations = {"coevolve", f"seed_{first}/eval_wmla"} | {
+        f"seed_{first}/{kind}_{arm}" for arm in ABLATION_ARMS for kind in ("train", "eval")
+    }
     reproduction = per_seed[str(first)]["reproduction"] or {
         "imagined_successes": 0,
         "reproduced": 0,
@@ -567,9 +604,10 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
             out / f"seed_{first}" / "reward_quality" / "reward_quality.json"
         ),
         "rounds": _rounds(out / "coevolve" / "metrics.json"),
-        "stage_minutes": {
-            name: round(seconds / 60, 2)
-            for name, seconds in read_json(out / "state.json", {}).get("seconds", {}).items()
+        "stage_minutes": minutes,
+        "part_minutes": {
+            "headline": round(sum(m for n, m in minutes.items() if n not in ablations), 1),
+            "ablations": round(sum(m for n, m in minutes.items() if n in ablations), 1),
         },
     }
 
