@@ -119,6 +119,19 @@ def test_textui_warmup_writes_a_peft_adapter(data, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_design_cards_command_runs_on_the_data_the_package_ships(tmp_path: Path) -> None:
+    """``python train.py +experiment=textui_warmup model=tiny``, as written: no data given,
+    the bundled MiniWoB++ recording is the warm-up's state-transition pages."""
+    train(
+        "+experiment=textui_warmup", "model=tiny", "trainer.max_steps=3", "logger=none",
+        f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    stats = json.loads((tmp_path / "stages" / "1-textui" / "done.json").read_text())["data"]
+    assert stats["train"]["kept"] + stats["val"]["kept"] > 0
+
+
+@pytest.mark.slow
 def test_websynthesis_carries_the_adapter_into_stage_two(data, tmp_path: Path) -> None:
     # With lr 0 stage 2 cannot move its weights: it ends where it started, i.e. at stage 1's.
     train(

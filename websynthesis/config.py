@@ -17,10 +17,11 @@ W&B run config never contains a key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, OmegaConf
 
 
 @dataclass
@@ -548,7 +549,19 @@ SCHEMAS: dict[str, type] = {
 
 
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore (idempotent; call before ``@hydra.main``)."""
+    """Put the schemas in Hydra's ConfigStore and the ``${package_data:<file>}`` resolver
+    (idempotent; call before ``@hydra.main``)."""
     store = ConfigStore.instance()
     for name, node in SCHEMAS.items():
         store.store(name=name, node=node)
+    OmegaConf.register_new_resolver("package_data", package_data, replace=True)
+
+
+def package_data(name: str) -> str:
+    """The path of a data file the package ships (``websynthesis/data/<name>``), for configs
+    whose default input is bundled (e.g. recorded MiniWoB++ transitions): a user's own file
+    is an override away."""
+    path = resources.files("websynthesis.data").joinpath(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"the package ships no data file {name!r} (websynthesis/data/)")
+    return str(path)
