@@ -15,10 +15,12 @@ it goes through :func:`webarena_tasks_path`, which skips when it is absent.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,30 @@ def adapters(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
         get_peft_model(base, config).save_pretrained(path)
         out[name] = str(path)
     return out
+
+
+@pytest.fixture
+def serve_dir() -> Iterator[Callable[[Path], str]]:
+    """Serve a directory on 127.0.0.1 (an ephemeral port) as a stand-in site; returns its
+    base URL (ending in ``/``). Every server is stopped after the test."""
+    servers: list[tuple[http.server.ThreadingHTTPServer, threading.Thread]] = []
+
+    def serve(folder: Path) -> str:
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, directory=os.fspath(folder), **kwargs)  # type: ignore[arg-type]
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield serve
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
-import os
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -118,26 +115,10 @@ def test_webarena_needs_site_urls_and_tasks() -> None:
 
 
 @pytest.fixture
-def local_site(tmp_path: Path) -> Iterator[str]:
+def local_site(tmp_path: Path, serve_dir: Callable[[Path], str]) -> str:
     """A one-page site on 127.0.0.1 (an ephemeral port), stopped after the test."""
     (tmp_path / "index.html").write_text("<title>Local page</title><p>served here</p>")
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, directory=os.fspath(tmp_path), **kwargs)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    return serve_dir(tmp_path)
 
 
 @pytest.mark.browser

@@ -26,7 +26,7 @@ from websynthesis.config import register_configs
 from websynthesis.data.chat import read_chat_jsonl
 from websynthesis.data.tasks import load_tasks
 from websynthesis.io import read_jsonl
-from websynthesis.pipelines.synthesize import run
+from websynthesis.pipelines.synthesize import NoFirstPages, run
 from websynthesis.search import SearchResult
 from websynthesis.synthesis import KINDS, WebSearchPolicy, WebState
 from websynthesis.web.actions import extract_action, parse_action
@@ -59,9 +59,6 @@ def assert_valid_run(run_dir: Path, task_ids: list[str]) -> int:
     lines = records(run_dir)
     assert sorted(r["task_id"] for r in lines) == sorted(task_ids)
     for line in lines:
-        if line["tree"] is None:
-            assert line["skipped"] and not any(line["examples"].values())
-            continue
         task_id = line["task_id"]
         tree = SearchResult.from_dict(line["tree"], decode_state(task_id), parse_action)
         assert len(tree.root.walk()) == len(line["tree"]["nodes"]) == line["summary"]["nodes"]
@@ -167,20 +164,21 @@ def test_pipeline_writes_trees_trajectories_and_stats(
         "model.cache=false",
         "search.iterations=8",
         "search.concurrent_trees=2",
+        "skip_without_state=true",
     )
     backend = Website()
     stats = run(cfg, backend=backend)
     assert backend.closed
     assert stats["tasks"] == {
         "total": 4,
-        "done": 4,
+        "done": 3,
         "searched": 3,
         "solved": 3,
         "skipped": {"4": "the task has no first page (state)"},
         "stop_reasons": {"iterations": 3},
         "errors": 0,
     }
-    checked = assert_valid_run(tmp_path, ["1", "2", "3", "4"])
+    checked = assert_valid_run(tmp_path, ["1", "2", "3"])  # 4 is not done: it had no page
     assert stats["examples"]["valuable"] == 6 and stats["examples"]["rollback"] >= 6
     assert checked == sum(stats["examples"][kind] for kind in KINDS)
     assert set(stats["calls"]) == {"policy", "world_model", "reward", "reflection"}
@@ -188,6 +186,46 @@ def test_pipeline_writes_trees_trajectories_and_stats(
     assert stats["parse_failures"]["world_model"]["no_tree"] >= 1  # "I cannot tell."
     assert stats["per_task"]["1"]["solved"] and stats["per_task"]["1"]["stop_reason"]
     assert json.loads((tmp_path / "stats.json").read_text()) == stats
+
+
+def test_tasks_without_a_first_page_are_counted_up_front_and_never_taken_as_done(
+    hydra_compose: Any, website_tasks: Path, tmp_path: Path
+) -> None:
+    raw = tmp_path / "test.raw.json"  # WebArena's own configs: no state anywhere
+    raw.write_text(json.dumps([{"task_id": i, "intent": f"task {i}", "sites": ["shopping"],
+                                "start_url": "http://shop"} for i in range(3)]))  # fmt: skip
+    named = r"none of the 3 tasks .* `python -m websynthesis.env.capture data.tasks="
+    with pytest.raises(NoFirstPages, match=named):
+        run(hydra_compose(tmp_path / "none", f"data.tasks={raw}"), backend=Website())
+    assert not (tmp_path / "none" / "trees.jsonl").exists()  # failed before any search
+    with pytest.raises(
+        NoFirstPages,
+        match=r"1 of 4 tasks have no first page \(state\): 4\. .*skip_without_state=true",
+    ):
+        run(hydra_compose(tmp_path / "some", f"data.tasks={website_tasks}"), backend=Website())
+
+    # An older run recorded task 4 as skipped, and task 1 under another intent: both are
+    # searched again (their records retired to trees.superseded.jsonl), 2 and 3 are kept.
+    out = tmp_path / "resume"
+    quick = ["model.cache=false", "search.iterations=2", "skip_without_state=true"]
+    run(hydra_compose(out, f"data.tasks={website_tasks}", *quick), backend=Website())
+    kept = {r["task_id"]: r for r in records(out)}
+    old = [dict(kept["1"], task_key="0123456789abcdef"), kept["2"], kept["3"],
+           {"task_id": "4", "skipped": "the task has no first page (state)", "summary": {},
+            "tree": None, "examples": {kind: [] for kind in KINDS}}]  # fmt: skip
+    (out / "trees.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    fixed = tmp_path / "fixed.jsonl"
+    configs = [json.loads(line) for line in website_tasks.read_text().splitlines()]
+    configs[3] |= {"start_url": f"{SITE}/", "state": HOME}
+    fixed.write_text("".join(json.dumps(c) + "\n" for c in configs))
+    stats = run(hydra_compose(out, f"data.tasks={fixed}", *quick), backend=Website())
+    assert stats["tasks"]["done"] == 4 and stats["tasks"]["skipped"] == {}
+    order = [r["task_id"] for r in records(out)]
+    assert order[:2] == ["2", "3"] and sorted(order[2:]) == ["1", "4"]
+    assert records(out)[:2] == [kept["2"], kept["3"]]  # untouched, not searched again
+    retired = [json.loads(line) for line in (out / "trees.superseded.jsonl").open()]
+    assert [r["task_id"] for r in retired] == ["1", "4"]
+    assert_valid_run(out, ["1", "2", "3", "4"])
 
 
 def test_a_spent_token_budget_leaves_unstarted_tasks_for_the_next_run(

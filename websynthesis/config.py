@@ -315,6 +315,7 @@ class SynthesizeConfig(_JobConfig):
     prices: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     sample_trajectories: int = 8
+    skip_without_state: bool = False
 
 
 @dataclass
@@ -396,6 +397,18 @@ class ServeConfig:
     auth_token_env: str | None = None
     batch_window_ms: float = 10.0
     max_batch_size: int = 64
+
+
+@dataclass
+class CaptureConfig(_JobConfig):
+    """``python -m websynthesis.env.capture``: each task's first page opened in the browser
+    (``env``, WebArena's sites), written back as ``state`` into ``out`` (JSONL);
+    ``recapture``: also the tasks that have a state already."""
+
+    task_name: str = "capture"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    out: str = MISSING
+    recapture: bool = False
 
 
 @dataclass
@@ -545,6 +558,7 @@ SCHEMAS: dict[str, type] = {
     "serve_schema": ServeConfig,
     "coevolve_schema": CoevolveConfig,
     "learning_evidence_schema": EvidenceConfig,
+    "capture_schema": CaptureConfig,
 }
 
 

@@ -14,6 +14,7 @@ per line).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,14 @@ class Task:
         if self.actions:
             config["actions"] = list(self.actions)
         return config
+
+
+def task_key(task: Task) -> str:
+    """A digest of everything a task file says about ``task`` (its config, ``state``
+    included): a run dir keys its records on it, so a task whose input changed (a first page
+    captured since, an edited intent) is searched again instead of being taken as done."""
+    text = json.dumps(task.to_config(), sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _config_task_id(task_id: str) -> int | str:

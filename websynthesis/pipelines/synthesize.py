@@ -53,7 +53,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from websynthesis.data.tasks import Task, load_tasks, shard_tasks
+from websynthesis.data.tasks import Task, load_tasks, shard_tasks, task_key
 from websynthesis.env.base import EnvError
 from websynthesis.models.batching import BatchingBackend
 from websynthesis.models.cache import CachedBackend
@@ -127,6 +127,58 @@ def select_tasks(cfg: DictConfig) -> list[Task]:
     return shard_tasks(tasks, cfg.shard, cfg.num_shards)
 
 
+CAPTURE = "python -m websynthesis.env.capture"
+
+
+class NoFirstPages(ValueError):
+    """``world=model`` was given tasks without a first page (``state``) to imagine from."""
+
+
+def check_first_pages(cfg: DictConfig, tasks: list[Task]) -> None:
+    """``world=model`` imagines every page from the task's first one: tasks without ``state``
+    are counted before anything starts. None with one is an error naming the capture
+    command; some without one are an error too unless ``skip_without_state`` (then they are
+    left out, counted in ``stats.json``, and searched by a later run once they have one)."""
+    if cfg.world.name != "model":
+        return
+    missing = [task.task_id for task in tasks if not task.state]
+    if not missing:
+        return
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    capture = (
+        f"capture them in the real browser with `{CAPTURE} data.tasks={cfg.data.tasks} "
+        "env=webarena env.site_urls.<site>=<url> out=<file>` (WebArena's own configs have none)"
+    )
+    if len(missing) == len(tasks):
+        raise NoFirstPages(
+            f"none of the {len(tasks)} tasks of data.tasks={cfg.data.tasks} has a first page "
+            f"(state), which world=model imagines from: {capture}"
+        )
+    if not cfg.skip_without_state:
+        raise NoFirstPages(
+            f"{len(missing)} of {len(tasks)} tasks have no first page (state): {shown}. "
+            f"{capture[0].upper()}{capture[1:]}, or set skip_without_state=true to search the "
+            f"{len(tasks) - len(missing)} that have one"
+        )
+    log.warning(
+        "%d of %d tasks have no first page and are skipped: %s", len(missing), len(tasks), shown
+    )
+
+
+def stale_records(records: list[dict[str, Any]], keys: dict[str, str]) -> set[str]:
+    """The recorded tasks of this shard that must be searched again: recorded as skipped by
+    an older run, or recorded for another version of the task (its ``task_key``)."""
+    stale = set()
+    for record in records:
+        task_id = record["task_id"]
+        if task_id not in keys:
+            continue
+        recorded = record.get("task_key")
+        if record.get("skipped") or (recorded is not None and recorded != keys[task_id]):
+            stale.add(task_id)
+    return stale
+
+
 def browser_tasks(cfg: DictConfig) -> list[Task]:
     """The instances ``world=browser`` searches, checked before any browser or model starts."""
     from websynthesis.env import browser_world, miniwob  # BrowserGym: imported only to browse
@@ -187,9 +239,12 @@ class Synthesis:
     def __init__(self, cfg: DictConfig, store: RunStore, backend: Backend | None) -> None:
         self.cfg = cfg
         self.tasks = select_tasks(cfg)  # a bad task file fails before any model is loaded
+        check_first_pages(cfg, self.tasks)  # and so does one whose tasks have no first page
+        self.keys = {task.task_id: task_key(task) for task in self.tasks}
         self.goals: dict[str, Goal] = {}  # the world's, once a task is started
         self.store = store
-        self.records = store.open()
+        self.records = store.supersede(stale_records(store.open(), self.keys))
+        self.skipped: dict[str, str] = {}  # this session's unsearchable tasks, never "done"
         previous = store.read_stats() or {}
         self.previous = previous.get("counters") or {}
         self.sessions: list[dict[str, Any]] = list(previous.get("sessions") or [])
@@ -262,7 +317,8 @@ class Synthesis:
         roots = []
         for task, start in zip(todo, starts, strict=True):
             if isinstance(start, Unsearchable):
-                self._record(task.task_id, None, {"skipped": str(start)}, skipped=str(start))
+                log.warning("task %s not searched: %s", task.task_id, start)
+                self.skipped[task.task_id] = str(start)
                 continue
             if isinstance(start, EnvError):
                 log.error("the browser could not start task %s: %s", task.task_id, start)
@@ -304,10 +360,9 @@ class Synthesis:
         summary: dict[str, Any],
         *,
         examples: dict[str, list[dict[str, Any]]] | None = None,
-        skipped: str | None = None,
         goal: Goal | None = None,
     ) -> None:
-        record: dict[str, Any] = {"task_id": task_id}
+        record: dict[str, Any] = {"task_id": task_id, "task_key": self.keys[task_id]}
         if goal is not None:
             record["goal"] = {
                 "objective": goal.objective,
@@ -315,7 +370,6 @@ class Synthesis:
                 "action_set": action_names(goal.actions),
             }
         record |= {
-            "skipped": skipped,
             "summary": summary,
             "tree": tree,
             "examples": examples or {kind: [] for kind in KINDS},
@@ -344,7 +398,12 @@ class Synthesis:
             "tasks_recorded": len(self.records) - self.session["resumed_with"],
         }
         stats = run_stats(
-            self.records, len(self.tasks), self._counters(), [*self.sessions, session], self.errors
+            self.records,
+            len(self.tasks),
+            self._counters(),
+            [*self.sessions, session],
+            self.errors,
+            self.skipped,
         )
         self.store.write_stats(stats)
         return stats

@@ -63,8 +63,10 @@ def run_stats(
     counters: Mapping[str, Any],
     sessions: Sequence[Mapping[str, Any]],
     errors: Sequence[Mapping[str, str]],
+    skipped: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The whole ``stats.json`` from the records, the summed counters and the sessions."""
+    """The whole ``stats.json`` from the records, the summed counters and the sessions;
+    ``skipped``: this session's tasks left unsearched, with why (never recorded as done)."""
     searched = [r for r in records if r.get("tree") is not None]
     summaries = {r["task_id"]: r["summary"] for r in records}
     trees: Counter[str] = Counter()
@@ -84,7 +86,7 @@ def run_stats(
             "done": len(records),
             "searched": len(searched),
             "solved": sum(1 for r in searched if r["summary"]["solved"]),
-            "skipped": {r["task_id"]: r["skipped"] for r in records if r.get("skipped")},
+            "skipped": dict(skipped or {}),
             "stop_reasons": dict(Counter(r["summary"]["stop_reason"] for r in searched)),
             "errors": len(errors),
         },

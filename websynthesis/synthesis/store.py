@@ -41,6 +41,7 @@ from websynthesis.synthesis.extract import KINDS
 log = logging.getLogger(__name__)
 
 TREES = "trees.jsonl"
+SUPERSEDED = "trees.superseded.jsonl"
 TRAJECTORIES = "trajectories"
 STATS = "stats.json"
 LOCK = ".synthesize.lock"
@@ -83,6 +84,27 @@ class RunStore:
             if rows:
                 path = self.trajectory_path(kind)
                 append_line(path, "\n".join(json.dumps(row, ensure_ascii=False) for row in rows))
+
+    def supersede(self, task_ids: set[str]) -> list[dict[str, Any]]:
+        """Retire the records of ``task_ids`` (their input changed, or they were recorded as
+        skipped by an older run): each is appended to ``trees.superseded.jsonl`` first, then
+        ``trees.jsonl`` is rewritten without them (atomically) and the trajectories rebuilt.
+        A kill in between leaves the record in both files; the next open retires it again
+        (so the archive may hold it twice; ``trees.jsonl`` never loses a record unarchived).
+        Returns the records that remain."""
+        records = self._read()
+        retired = [record for record in records if record["task_id"] in task_ids]
+        if not retired:
+            return records
+        for record in retired:
+            append_line(self.dir / SUPERSEDED, json.dumps(record, ensure_ascii=False))
+        kept = [record for record in records if record["task_id"] not in task_ids]
+        atomic_write_text(
+            self.trees, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+        )
+        self._materialise(kept)
+        log.info("%s: %d records retired to %s", self.trees, len(retired), SUPERSEDED)
+        return kept
 
     def read_stats(self) -> dict[str, Any] | None:
         """The previous ``stats.json``, if a run left one."""
