@@ -549,6 +549,7 @@ class EvidenceConfig:
     coevolve: EvidenceCoevolve = field(default_factory=EvidenceCoevolve)
     overrides: EvidenceOverrides = field(default_factory=EvidenceOverrides)
     report_dir: str | None = None
+    report_only: bool = False
 
 
 SCHEMAS: dict[str, type] = {

@@ -70,7 +70,14 @@ def goals(results: dict[str, Any]) -> list[Goal]:
         Goal(
             ">= 50 % of imagined successes reproduce in the browser",
             None if k == 0 else m / k >= 0.5,
-            f"{m} of {k}" + (f" ({_pct(m / k)})" if k else ": the imagined search found none"),
+            f"{m} of {k}"
+            + (
+                f" ({_pct(m / k)})"
+                if k
+                else ": the imagined search found none"
+                if rep.get("measured", True)
+                else ": not run yet"
+            ),
         )
     )
     wmla = arms["wmla"]

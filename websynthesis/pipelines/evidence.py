@@ -518,12 +518,18 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
     seeds = [int(seed) for seed in cfg.pipeline_seeds]
     first = seeds[0]
 
+    state = read_json(out / "state.json", None)
+    finished = None if state is None else {out / name for name in state["done"]}
+
     def arm_dir(arm: str, seed: int) -> Path:
         if arm in ("untrained", "random_click"):
-            return out / arm
-        if arm == "wmla":
-            return out / f"seed_{seed}" / "eval_wmla"
-        return out / f"seed_{seed}" / f"eval_{ALIASES.get(arm, arm)}"
+            path = out / arm
+        elif arm == "wmla":
+            path = out / f"seed_{seed}" / "eval_wmla"
+        else:
+            path = out / f"seed_{seed}" / f"eval_{ALIASES.get(arm, arm)}"
+        # A stage still running (the report read mid-run) has part of its episodes: not yet.
+        return path if finished is None or path in finished else out / "not_finished"
 
     def trained(arm: str, seed: int) -> bool:
         if arm in ("untrained", "random_click"):
@@ -598,6 +604,7 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
             "imagined_successes": reproduction["imagined_successes"],
             "reproduced": reproduction["reproduced"],
             "tasks": reproduction.get("tasks", {}),
+            "measured": per_seed[str(first)]["reproduction"] is not None,
         },
         "world_model": _world_model(out / f"seed_{first}" / "fidelity" / "fidelity.json"),
         "reward_model": _reward_model(
