@@ -34,4 +34,4 @@ bench: setup  # the CPU benchmarks; see BENCHMARKS.md for each one's options
 	$(PY) bench/bench_generation.py
 	$(PY) bench/bench_synthesis.py
 	$(PY) bench/bench_env.py
-	$(PY) bench/bench_train.py ../shared/data/webarena/tasks.jsonl
+	$(PY) bench/bench_train.py

@@ -19,14 +19,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from corpus import page_tasks
+
 from websynthesis.web.observation import AXTree, parse_axtree
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared/data/webarena/tasks.jsonl"
 
-
-def load_pages(path: Path) -> list[str]:
-    with path.open(encoding="utf-8") as lines:
-        return [json.loads(line)["state"] for line in lines if line.strip()]
+def load_pages(path: Path | None) -> tuple[list[str], str]:
+    """The first pages of ``path`` (default: the shared corpus, else the bundled pages)."""
+    tasks, source = page_tasks(path)
+    return [task["state"] for task in tasks], source
 
 
 def best_time(run: Callable[[], object], repeat: int) -> float:
@@ -75,13 +76,13 @@ def measure(pages: Sequence[str], repeat: int) -> dict[str, dict[str, float]]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", nargs="?", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("path", nargs="?", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
-    pages = load_pages(args.path)
+    pages, source = load_pages(args.path)
     results = measure(pages, args.repeat)
     mean_kb = megabytes(pages) / len(pages) * 1e3
-    print(f"{len(pages)} pages, mean {mean_kb:.1f} KB, best of {args.repeat}")
+    print(f"{len(pages)} pages of {source}, mean {mean_kb:.1f} KB, best of {args.repeat}")
     print(f"{'operation':<16}{'trees/s':>12}{'MB/s':>10}")
     for name, result in results.items():
         print(f"{name:<16}{result['trees_per_s']:>12,.0f}{result['mb_per_s']:>10.1f}")

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from corpus import page_tasks
 
 from websynthesis.config import LoraConfig, OptimConfig
 from websynthesis.data.chat import ChatExample
@@ -48,13 +49,13 @@ ANSWER = (
 )
 
 
-def policy_examples(tasks: Path) -> list[ChatExample]:
-    """One policy step per task with a first page, shaped like the synthesized ones."""
+def policy_examples(tasks: Path | None) -> list[ChatExample]:
+    """One policy step per task with a first page, shaped like the synthesized ones
+    (``tasks``: a JSONL of them; default: the shared corpus, else the bundled pages)."""
+    rows, source = page_tasks(tasks)
+    print(f"pages: {len(rows)} of {source}")
     examples = []
-    for line in tasks.read_text(encoding="utf-8").splitlines():
-        task = json.loads(line)
-        if not task.get("state"):
-            continue
+    for task in rows:
         user = f"OBJECTIVE:\n{task['intent']}\n\nOBSERVATION:\n{task['state']}\n\nWhat's next?"
         examples.append(
             ChatExample(
@@ -236,7 +237,10 @@ def gpu_7b_bench(args: argparse.Namespace) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("tasks", type=Path, help="WebArena tasks JSONL with first pages")
+    parser.add_argument(
+        "tasks", nargs="?", type=Path, default=None,
+        help="tasks JSONL with first pages (default: ../shared's corpus, else bundled pages)",
+    )  # fmt: skip
     parser.add_argument("--examples", type=int, default=48, help="examples trained on per mode")
     parser.add_argument("--max-length", type=int, default=4096)
     parser.add_argument("--batch-tokens", type=int, default=8192)
