@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sqlite3
 import threading
@@ -221,3 +222,24 @@ def test_derived_seeds_compose_and_stay_in_int32(seed: int, a: int, b: int) -> N
 def test_derived_seeds_do_not_collide_with_neighbouring_seeds() -> None:
     derived = {derive_seed(s, k) for s in range(1000) for k in range(1, 64)}
     assert len(derived) == 1000 * 63 and not derived & set(range(1000))
+
+
+def test_a_servers_answers_are_keyed_on_the_server_and_what_it_serves() -> None:
+    """Another server, dialect or revision of the same served name is another identity:
+    an adapter retrained and re-served as "policy" is not answered from the old cache."""
+    from websynthesis.models.openai_backend import OpenAIBackend
+
+    def identity(**changes: object) -> object:
+        settings = {"model": "policy", "base_url": "http://127.0.0.1:8000/v1"} | changes
+        return OpenAIBackend(api_key_env=None, **settings).cache_identity  # type: ignore[arg-type]
+
+    base = identity()
+    assert identity() == base  # the same server and model: answers are shared
+    others = [
+        identity(base_url="http://127.0.0.1:8001/v1"),
+        identity(grammar_mode="vllm"),
+        identity(revision="adapter-step-480"),
+        identity(extra_body={"top_k": 20}),
+    ]
+    assert all(other != base for other in others)
+    assert len({json.dumps(o, sort_keys=True) for o in others}) == len(others)

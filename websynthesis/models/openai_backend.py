@@ -130,6 +130,9 @@ class OpenAIBackend:
             ``max_completion_tokens`` (OpenAI's reasoning models need it).
         extra_body: extra request fields for every call (e.g. vLLM's ``top_k`` or
             ``chat_template_kwargs``).
+        revision: your name for what the server serves under ``model`` (say, the
+            adapter's checkpoint); part of the response cache's key, so a model retrained
+            and re-served under the same name is not answered from the old cache.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class OpenAIBackend:
         on_unsupported_grammar: Literal["error", "ignore"] = "error",
         max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
         extra_body: Mapping[str, Any] | None = None,
+        revision: str | None = None,
     ) -> None:
         if max_concurrency < 1 or max_retries < 0:
             raise ValueError("max_concurrency must be >= 1 and max_retries >= 0")
@@ -169,6 +173,7 @@ class OpenAIBackend:
         self.on_unsupported_grammar = on_unsupported_grammar
         self.max_tokens_field = max_tokens_field
         self.extra_body: dict[str, Any] = _plain(extra_body or {})
+        self.revision = revision
         self.stats = BackendStats()
         if base_url is None and not self._read_key():
             raise ValueError(
@@ -185,9 +190,19 @@ class OpenAIBackend:
         )
 
     @property
-    def cache_identity(self) -> dict[str, str]:
-        """What makes answers of this backend differ from another's (see ``cache.py``)."""
-        return {"kind": "openai", "model": self.model}
+    def cache_identity(self) -> dict[str, Any]:
+        """What makes answers of this backend differ from another's (see ``cache.py``): the
+        server (its URL), its grammar dialect and extra request fields, the served model,
+        and ``revision``, the user's name for what is served under it (a server cannot say
+        that an adapter was retrained and re-served under the same name)."""
+        return {
+            "kind": "openai",
+            "model": self.model,
+            "base_url": self.base_url,
+            "grammar_mode": self.grammar_mode,
+            "extra_body": self.extra_body,
+            "revision": self.revision,
+        }
 
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Answer on the backend's own loop, whatever loop (or ``asyncio.run``) the caller has."""
