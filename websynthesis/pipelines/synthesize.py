@@ -434,7 +434,7 @@ class Synthesis:
             counts = summary.get("examples") or {}
             table.add_row(
                 escape(task_id),
-                summary.get("stop_reason") or f"skipped: {summary.get('skipped')}",
+                summary.get("stop_reason") or "-",
                 str(summary.get("nodes", 0)),
                 "yes" if summary.get("solved") else "no",
                 *(str(counts.get(kind, 0)) for kind in KINDS),
