@@ -35,8 +35,9 @@ class StagedRun:
         self.state_path = out / "state.json"
         state = read_json(self.state_path, {"done": []})
         self.done: list[str] = state["done"]
-        # Wall seconds of each finished stage, over the sessions that worked on it (a
-        # resumed stage adds its sessions; the part of one killed before any finish is lost).
+        # Wall seconds of each finished stage, over the sessions that worked on it: a session
+        # that failed in it is kept under "open" and added when the stage finishes (only a
+        # SIGKILL's time is lost).
         self.seconds: dict[str, float] = state.get("seconds", {})
         self._open: dict[str, float] = state.get("open", {})
 

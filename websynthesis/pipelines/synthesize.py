@@ -22,8 +22,11 @@ The trees are searched on one of two worlds (``cfg.world``, ``conf/world/``):
    (``search.batch``); a :class:`ModelClient` with a :class:`UsageTracker` (``prices``).
 3. List this shard's tasks (``data.tasks`` and ``data.limit``, or the browser instances;
    then ``shard``/``num_shards``; checked before any model or browser starts) and start
-   each from its first page, and its goal from the world (:meth:`WebWorld.goal`); a task
-   without a first page is recorded as skipped.
+   each from its first page, and its goal from the world (:meth:`WebWorld.goal`). For
+   ``world=model``, tasks without a first page are counted first: an error naming the
+   capture command, or with ``skip_without_state`` left out (counted, never recorded as
+   done). A record whose ``task_key`` (the task's content) differs from the task's now, or
+   that an older run recorded as skipped, is retired and the task searched again.
 4. Search them ``search.concurrent_trees`` at a time (:class:`SearchEngine`) with the
    world and :class:`WebSearchPolicy`. As each tree finishes, extract its examples and
    append tree + examples to the run dir, then refresh ``stats.json``.
