@@ -75,9 +75,8 @@ def main(cfg: DictConfig) -> None:
     if results.get("rounds"):
         plots["rounds"] = "results_rounds.png"
         report.plot_rounds(results, report_dir / plots["rounds"])
-    command = shlex.join(
-        ["python", "scripts/learning_evidence.py", *HydraConfig.get().overrides.task]
-    )
+    ran = [o for o in HydraConfig.get().overrides.task if not o.startswith("report_only")]
+    command = shlex.join(["python", "scripts/learning_evidence.py", *ran])  # what ran the stages
     body = report.markdown(results, command=command, machine=_machine(), plots=plots)
     notes = report_dir / "results_notes.md"  # the hand-written reading, kept apart
     tail = f"\n{notes.read_text(encoding='utf-8')}" if notes.is_file() else ""
