@@ -212,9 +212,7 @@ _REFERENCE_STEP = (
 def _rollback_examples(row: Any, fail: Fail, meta: dict[str, Any]) -> list[ChatExample]:
     if not isinstance(row, dict):
         raise fail(None, f"expected a JSON object, got {type(row).__name__}")
-    intent = row.get("intent")
-    if not isinstance(intent, str) or not intent.strip():
-        raise fail("intent", "expected a non-empty string" if intent is not None else "missing")
+    intent = _text(row, "intent", fail)
     nodes = {}
     for name in ("failure", "parent", "correct"):
         node = row.get(name)
@@ -259,15 +257,17 @@ def _text(
     node: dict[str, Any],
     key: str,
     fail: Fail,
-    name: str,
+    name: str = "",
     *,
     blank: bool = False,
     default: str | None = None,
 ) -> str:
+    """``node[key]``, a string (non-blank unless ``blank``), or an error at ``name.key``."""
     value = node.get(key, default)
     if not isinstance(value, str) or (not blank and not value.strip()):
         got = "missing" if value is None else f"got {type(value).__name__}"
-        raise fail(f"{name}.{key}", f"expected {'a' if blank else 'a non-empty'} string ({got})")
+        field = f"{name}.{key}" if name else key
+        raise fail(field, f"expected {'a' if blank else 'a non-empty'} string ({got})")
     return value
 
 

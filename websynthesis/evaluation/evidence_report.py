@@ -309,6 +309,12 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_arms(results: dict[str, Any], path: Path) -> None:
     """Success per arm with its Wilson interval."""
     plt = _pyplot()
@@ -322,9 +328,7 @@ def plot_arms(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("success on held-out episodes")
     ax.set_ylim(0, 1.02)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_world_model(results: dict[str, Any], path: Path) -> None:
@@ -340,9 +344,7 @@ def plot_world_model(results: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_rounds(results: dict[str, Any], path: Path) -> None:
@@ -358,9 +360,7 @@ def plot_rounds(results: dict[str, Any], path: Path) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # --- formatting ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,7 @@ class Replay:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "task_id": self.task_id,
-            "reproduced": self.reproduced,
-            "steps": self.steps,
-            "why": self.why,
-            "error": self.error,
-        }
+        return asdict(self)
 
 
 def imagined_paths(valuable: Path) -> list[ImaginedPath]:

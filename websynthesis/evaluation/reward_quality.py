@@ -200,19 +200,26 @@ def _ranking(
     siblings = [(step.record.instance, step.record.actions[:-1]) for step in steps]
     accuracy, pairs = pairwise_accuracy(scores, grades)
     sibling_accuracy, sibling_pairs = pairwise_accuracy(scores, grades, siblings)
-    out: dict[str, Any] = {
-        "auc": None,
-        "auc_hanley_mcneil_95": None,
-        "auc_bootstrap_95": None,
+    return _auc(scores, labels, [step.record.instance for step in steps], resamples, seed) | {
         "pairwise_accuracy": accuracy,
         "pairs": pairs,
         "sibling_pairwise_accuracy": sibling_accuracy,
         "sibling_pairs": sibling_pairs,
     }
+
+
+def _auc(
+    scores: Sequence[float],
+    labels: Sequence[bool],
+    clusters: Sequence[Hashable],
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """ROC AUC with its Hanley-McNeil and cluster-bootstrap intervals (all None when the
+    labels hold one class only)."""
+    out: dict[str, Any] = {"auc": None, "auc_hanley_mcneil_95": None, "auc_bootstrap_95": None}
     if any(labels) and not all(labels):
-        auc = roc_auc(scores, labels)
-        good = sum(labels)
-        clusters = [step.record.instance for step in steps]
+        auc, good = roc_auc(scores, labels), sum(labels)
         boot = bootstrap_auc(scores, labels, clusters, resamples=resamples, seed=seed)
         out["auc"] = auc
         out["auc_hanley_mcneil_95"] = list(hanley_mcneil(auc, good, len(labels) - good))
@@ -293,16 +300,10 @@ async def evaluate_judge(
     }
     for name, values in (("model", scores), ("constant", [0.0] * len(scores))):
         accuracy, pairs = pairwise_accuracy(values, grades)
-        row: dict[str, Any] = {"auc": None, "auc_hanley_mcneil_95": None,
-                               "auc_bootstrap_95": None, "pairwise_accuracy": accuracy,
-                               "pairs": pairs}  # fmt: skip
-        if any(labels) and not all(labels):
-            auc, good = roc_auc(values, labels), sum(labels)
-            boot = bootstrap_auc(values, labels, clusters, resamples=resamples, seed=seed)
-            row["auc"] = auc
-            row["auc_hanley_mcneil_95"] = list(hanley_mcneil(auc, good, len(labels) - good))
-            row["auc_bootstrap_95"] = None if boot is None else list(boot)
-        report[name] = row
+        report[name] = _auc(values, labels, clusters, resamples, seed) | {
+            "pairwise_accuracy": accuracy,
+            "pairs": pairs,
+        }
     return report
 
 

@@ -15,7 +15,7 @@ per transition) get a seeded percentile bootstrap (:func:`bootstrap_mean`).
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.stats import binomtest
@@ -66,13 +66,7 @@ class Paired:
     p_value: float
 
     def to_dict(self) -> dict[str, float | int]:
-        return {
-            "episodes": self.episodes,
-            "both": self.both,
-            "only_a": self.only_a,
-            "only_b": self.only_b,
-            "p_value": self.p_value,
-        }
+        return asdict(self)
 
 
 def mcnemar(a: Mapping[Hashable, bool], b: Mapping[Hashable, bool]) -> Paired:

@@ -579,8 +579,7 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if outcomes["wmla"] and outcomes[str(cfg.wmla.arm)]:
         paired["wmla_vs_without"] = mcnemar(outcomes["wmla"], outcomes[str(cfg.wmla.arm)]).to_dict()
     minutes = {
-        name: round(seconds / 60, 2)
-        for name, seconds in read_json(out / "state.json", {}).get("seconds", {}).items()
+        name: round(seconds / 60, 2) for name, seconds in (state or {}).get("seconds", {}).items()
     }
     ablations = {"coevolve", f"seed_{first}/eval_wmla"} | {
         f"seed_{first}/{kind}_{arm}" for arm in ABLATION_ARMS for kind in ("train", "eval")
