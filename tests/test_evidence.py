@@ -66,13 +66,34 @@ def explore_dir(root: Path) -> Path:
 def test_within_budget_keeps_episodes_breadth_first_while_they_fit(tmp_path: Path) -> None:
     explore = explore_dir(tmp_path / "explore")
     # Attempt 0 costs (1+1)*2 + (1+2)*2 = 10 real steps (a reset + the steps each).
-    kept = within_budget(explore, tmp_path / "real", budget=12)
-    assert kept == {"episodes": 5, "transitions": 7, "real_steps": 12, "left_out": 4}
+    kept = within_budget([explore], tmp_path / "real", budget=12)
+    assert kept == {
+        "episodes": 5, "transitions": 7, "real_steps": 12, "left_out": 4, "successes": 2
+    }  # fmt: skip
     rows = [json.loads(line) for line in (tmp_path / "real/transitions.jsonl").open()]
     assert {r["attempt"] for r in rows} == {0, 1}  # every first attempt before any second
     assert sum(r["attempt"] == 0 for r in rows) == 6
-    everything = within_budget(explore, tmp_path / "all", budget=10**6)
+    everything = within_budget([explore], tmp_path / "all", budget=10**6)
     assert everything["episodes"] == 8 and everything["left_out"] == 1  # the errored one
+
+
+def test_within_budget_takes_the_explorers_in_turn_and_keeps_their_keys_apart(
+    tmp_path: Path,
+) -> None:
+    policy, clicks = explore_dir(tmp_path / "model"), explore_dir(tmp_path / "random_click")
+    # Attempt 0 of both explorers costs 2 x 10 real steps: nothing of attempt 1 fits in 24.
+    kept = within_budget([policy, clicks], tmp_path / "real", budget=24)
+    assert kept["episodes"] == 10 and kept["real_steps"] == 24 and kept["left_out"] == 8
+    episodes = [json.loads(line) for line in (tmp_path / "real/episodes.jsonl").open()]
+    # explorer i's attempt a is attempt a * 2 + i: (0, 0) and (1, 1) first, then (2, 0)
+    assert [(e["attempt"], e["explorer"]) for e in episodes].count((0, 0)) == 4
+    assert [(e["attempt"], e["explorer"]) for e in episodes].count((1, 1)) == 4
+    assert {(e["attempt"], e["explorer"]) for e in episodes} == {(0, 0), (1, 1), (2, 0)}
+    keys = [(e["task"], e["seed"], e["attempt"]) for e in episodes]
+    assert len(keys) == len(set(keys))
+    rows = [json.loads(line) for line in (tmp_path / "real/transitions.jsonl").open()]
+    assert {(r["task_id"], r["seed"], r["attempt"]) for r in rows} <= set(keys)
+    assert len(rows) == kept["transitions"]
 
 
 def test_first_pages_are_one_task_per_instance_with_its_state(tmp_path: Path) -> None:

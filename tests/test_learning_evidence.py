@@ -25,8 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 HEADLINE_STAGES = [
     "live_search", "explore", "real_data", "world_model", "reward_model", "first_pages",
     "imagined_search", "reproduce",
-    "train_bc_live", "eval_bc_live", "train_bc_imagined", "eval_bc_imagined",
-    "fidelity", "reward_quality",
+    "train_bc_imagined", "eval_bc_imagined", "train_bc_live", "eval_bc_live",
 ]  # fmt: skip
 ABLATION_STAGES = [
     "train_bc_imagined_valuable", "eval_bc_imagined_valuable",
@@ -55,7 +54,10 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
     first = run_script(out, cache, "part=headline")
     assert first.returncode == 0, first.stderr[-4000:]
     done = json.loads((out / "state.json").read_text())["done"]
-    assert done == ["untrained", "random_click", *(f"seed_0/{s}" for s in HEADLINE_STAGES)]
+    assert done == [
+        *(f"seed_0/{s}" for s in HEADLINE_STAGES), "untrained", "random_click",
+        "seed_0/fidelity", "seed_0/reward_quality",
+    ]  # fmt: skip
     headline = json.loads((out / "results.json").read_text())
     assert not headline["arms"]["wmla"]["evaluated"] and headline["arms"]["bc_live"]["evaluated"]
     assert "(not run yet)" in (out / "report" / "results.md").read_text()
@@ -63,7 +65,7 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
     second = run_script(out, cache, "part=ablations")
     assert second.returncode == 0, second.stderr[-4000:]
     done = json.loads((out / "state.json").read_text())["done"]
-    assert done[len(HEADLINE_STAGES) + 2 :] == [f"seed_0/{s}" for s in ABLATION_STAGES]
+    assert done[len(HEADLINE_STAGES) + 4 :] == [f"seed_0/{s}" for s in ABLATION_STAGES]
     results = json.loads((out / "report" / "results.json").read_text())
     assert results == json.loads((out / "results.json").read_text())
     assert results["tasks"] == ["click-button", "choose-list"]
@@ -96,7 +98,10 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
         json.loads(line)["task_id"] for line in (out / "seed_0/imagined_search/trees.jsonl").open()
     }
     assert {task.rsplit("@", 1)[1] for task in imagined} <= {"0", "1", "2"}
-    assert seeds_of(out / "seed_0/explore") == {0, 1, 2}
+    for explorer in ("model", "random_click"):  # explore.attempts=2: one attempt each
+        assert seeds_of(out / "seed_0/explore" / explorer) == {0, 1, 2}
+    real = [json.loads(line) for line in (out / "seed_0/real_data/episodes.jsonl").open()]
+    assert {(row["attempt"], row["explorer"]) for row in real} <= {(0, 0), (1, 1)}
     for arm in ("untrained", "random_click"):
         assert seeds_of(out / arm) == {1000, 1001}
     for stage in ("eval_bc_live", "eval_bc_imagined", "eval_wmla"):

@@ -188,6 +188,16 @@ def test_history_budget_and_observation_cap() -> None:
     assert len(first) <= 300 and "[250] link 'Product number 150'" in first
 
 
+def test_history_without_thoughts_keeps_pages_and_actions() -> None:
+    steps = trajectory()
+    shown = format_history(steps, PromptStyle())
+    bare = format_history(steps, PromptStyle(thoughts=False))
+    assert "REASON FOR ACTION" not in bare and "The search box is [232]." not in bare
+    for step in steps:  # the same blocks, less each step's reason
+        shown = shown.replace(f"REASON FOR ACTION:\n{step.thought}\n", "", 1)
+    assert bare == shown
+
+
 def test_empty_history_says_so() -> None:
     assert format_history((), PromptStyle()) == "(none: this is the first step)"
 

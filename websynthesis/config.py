@@ -60,6 +60,7 @@ class RoleConfig:
     observed_steps: int | None = None
     few_shot: bool = True  # the family's worked examples as earlier turns (policy)
     manual: bool = True  # the format manual in the system prompt (world model)
+    thoughts: bool = True  # each history step's reasoning in the prompt (reward, judge)
     score_low: float = 1.0
     score_high: float = 5.0
 
@@ -502,10 +503,13 @@ class EvidenceOverrides:
 
 @dataclass
 class ExploreSettings:
-    """The untrained policy's episodes per training instance that the world and reward
-    models learn from (cut to the live search's real steps)."""
+    """The episodes per training instance that the world and reward models learn from (cut
+    to the live search's real steps): ``attempts`` in all, shared in turn by ``explorers``
+    (``eval.policy`` values: ``model`` is the untrained policy, a random valid action of the
+    declared set; ``random_click`` a click among the clickable elements)."""
 
     attempts: int = 4
+    explorers: list[str] = field(default_factory=lambda: ["model", "random_click"])
 
 
 @dataclass

@@ -174,8 +174,9 @@ def _arms_table(results: dict[str, Any]) -> str:
 
 def _seed_table(results: dict[str, Any]) -> str:
     rows = [
-        "| seed | bc_live | bc_imagined | imagined vs live p | real steps live/imagined |",
-        "| --- | --- | --- | --- | --- |",
+        "| seed | bc_live | bc_imagined | imagined vs live p | real steps live/imagined "
+        "| explored episodes (successes) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for seed, run in results.get("pipeline_seed_runs", {}).items():
         live, imagined = run["bc_live"], run["bc_imagined"]
@@ -184,7 +185,8 @@ def _seed_table(results: dict[str, Any]) -> str:
         rows.append(
             f"| {seed} | {live['successes']}/{live['episodes']} ({_pct(live['rate'])}) "
             f"| {imagined['successes']}/{imagined['episodes']} ({_pct(imagined['rate'])}) "
-            f"| {_p(vs and vs['p_value'])} | {steps.get('bc_live')} / {steps.get('bc_imagined')} |"
+            f"| {_p(vs and vs['p_value'])} | {steps.get('bc_live')} / {steps.get('bc_imagined')} "
+            f"| {steps.get('explore_episodes_kept')} ({steps.get('explore_successes')}) |"
         )
     return "\n".join(rows)
 
@@ -272,7 +274,7 @@ def _stage_kind(stage: str) -> str:
     return {
         "live_search": "MCTS in the browser",
         "imagined_search": "MCTS in the world model",
-        "explore": "explore (untrained policy, training seeds)",
+        "explore": "explore (training seeds)",
         "world_model": "train the world model",
         "reward_model": "train the reward model",
         "reproduce": "replay imagined successes",

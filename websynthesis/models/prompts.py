@@ -55,6 +55,10 @@ class PromptStyle:
     ``manual`` keeps the world model's format manual (tree and changes formats, actions,
     rules) in its system prompt, for the same reason: without it the system prompt is one
     sentence, and a short page's training example is about a quarter as long.
+    ``thoughts`` shows each history step's reasoning; a reward model or judge meant to score
+    what the pages and actions show, not the policy's prose (whose style differs from one
+    policy to the next: a random click's fixed sentence, an untrained model's noise), is
+    given ``False``.
     """
 
     observation_chars: int | None = 16_000
@@ -62,6 +66,7 @@ class PromptStyle:
     observed_steps: int | None = None
     few_shot: bool = True
     manual: bool = True
+    thoughts: bool = True
 
 
 DEFAULT_STYLE = PromptStyle()
@@ -119,7 +124,7 @@ def format_history(steps: Sequence[Step], style: PromptStyle) -> str:
         {
             "index": index,
             "observation": step_excerpt(step, style.step_chars) if index > first_observed else None,
-            "thought": step.thought,
+            "thought": step.thought if style.thoughts else None,
             "action": step.action.to_string(),
         }
         for index, step in enumerate(steps, start=1)

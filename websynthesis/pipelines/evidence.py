@@ -6,22 +6,25 @@ One run dir, every arm evaluated on the same held-out episodes (``eval_seeds`` x
 1. ``live_search``: MCTS in the real browser on the training instances (the environment's
    reward): ``bc_live``'s data. Its real steps (resets + replays + direct steps) are the
    budget of the imagined side.
-2. ``explore``: the untrained policy on the training instances (``explore.attempts`` each);
-   ``real_data`` keeps its episodes breadth-first (every instance's first attempt, then the
-   second...) while their real steps (a reset + the steps) fit the budget. This is all the
-   real environment the imagined side ever sees.
+2. ``explore``: episodes on the training instances (``explore.attempts`` each, taken in turn
+   by ``explore.explorers``: the untrained policy, a random valid action of the declared set,
+   and a random click, which reaches the successes a reward model needs to see); ``real_data``
+   keeps them breadth-first (every instance's first attempt, then the second...) while their
+   real steps (a reset + the steps) fit the budget. This is all the real environment the
+   imagined side ever sees.
 3. ``world_model`` (trained on ``real_data``'s transitions) and ``reward_model`` (the reward
    and judge roles on its episodes, labelled by the environment's reward).
 4. ``first_pages``: the training instances' first pages (as ``real_data`` recorded them) as a
    task file with ``state``; ``imagined_search``: synthesize.py ``world=model`` from them with
    the two trained models, no browser; ``reproduce``: every imagined success replayed in the
    browser on its instance (:mod:`websynthesis.evaluation.replay`).
-5. The policies, each trained from scratch and evaluated: ``bc_live`` (live valuable +
-   rollback), ``bc_imagined`` (= ``bc_imagined_valuable_rollback``: imagined valuable +
-   rollback) on every pipeline seed; on the first also ``fidelity`` (the world model on the
-   held-out steps of the untrained and trained policies, by action kind, against copying the
-   page) and ``reward_quality`` (the trained reward model and judge on the same held-out
-   episodes, against a constant). That is ``part=headline``.
+5. The policies, each trained from scratch and evaluated: ``bc_imagined`` (=
+   ``bc_imagined_valuable_rollback``: imagined valuable + rollback) and ``bc_live`` (live
+   valuable + rollback) on every pipeline seed. After all seeds, the baselines (below), then
+   on the first seed ``fidelity`` (the world model on the held-out steps of the untrained and
+   trained policies, by action kind, against copying the page) and ``reward_quality`` (the
+   trained reward model and judge on the same held-out episodes, against a constant). That
+   is ``part=headline``, in that order: a run stopped early has what only the pipeline makes.
 6. ``part=ablations`` (after it, same run dir), on the first seed: ``bc_imagined_valuable``,
    ``textui_bc_imagined`` (the TextUI warm-up on ``real_data``'s and the imagined pages, then
    BC on the imagined trajectories), ``wmla`` (``wmla.arm`` with the world model's
@@ -41,7 +44,7 @@ import filecmp
 import json
 import logging
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +69,7 @@ ARMS = (
     "bc_imagined_valuable_rollback",
     "wmla",
 )
-HEADLINE = ("bc_live", "bc_imagined")
+HEADLINE = ("bc_imagined", "bc_live")  # the paper's arm first: a stopped run has it
 ABLATION_ARMS = ("bc_imagined_valuable", "textui_bc_imagined")  # then wmla and the rounds
 # part=headline: the baselines and every pipeline seed's data engine and headline arms (with
 # fidelity and reward quality); part=ablations, on the same run dir after it: the first
@@ -111,13 +114,17 @@ class Evidence:
         headline, ablations = part in ("all", "headline"), part in ("all", "ablations")
         stage, first = self.stages.stage, self.seeds[0]
         if headline:
+            # the pipeline's arms before the two baselines, which are cheap and need nothing
+            for seed in self.seeds:
+                self._headline(seed)
             stage("untrained", lambda out: self._evaluate(out, policy=None))
             stage(
                 "random_click",
                 lambda out: self._evaluate(out, policy=None, extra=["eval.policy=random_click"]),
             )
-            for seed in self.seeds:
-                self._headline(seed)
+            # on held-out steps of the untrained policy and of the first seed's arms
+            stage(f"seed_{first}/fidelity", lambda out: self._fidelity(out, first))
+            stage(f"seed_{first}/reward_quality", lambda out: self._reward_quality(out, first))
         if ablations:
             needed = [f"seed_{first}/{name}" for name in ABLATIONS_NEED]
             missing = [name for name in needed if name not in self.stages.done]
@@ -138,8 +145,7 @@ class Evidence:
         return found
 
     def _headline(self, seed: int) -> None:
-        """One pipeline seed's data engine and its headline arms (and, on the first seed,
-        the world model's fidelity and the reward model's quality on held-out steps)."""
+        """One pipeline seed's data engine and its headline arms."""
         stage, at = self.stages.stage, f"seed_{seed}"
         stage(f"{at}/live_search", lambda out: self._live_search(out, seed))
         stage(f"{at}/explore", lambda out: self._explore(out, seed))
@@ -152,9 +158,6 @@ class Evidence:
         for arm in HEADLINE:
             stage(f"{at}/train_{arm}", lambda out, a=arm: self._train_policy(out, seed, a))
             stage(f"{at}/eval_{arm}", lambda out, a=arm: self._evaluate_arm(out, seed, a))
-        if seed == self.seeds[0]:
-            stage(f"{at}/fidelity", lambda out: self._fidelity(out, seed))
-            stage(f"{at}/reward_quality", lambda out: self._reward_quality(out, seed))
 
     def dir(self, seed: int, stage: str) -> Path:
         return self.out / f"seed_{seed}" / stage
@@ -206,18 +209,32 @@ class Evidence:
         synthesize.run(self.stages.job("synthesize", out, overrides, seed))
 
     def _explore(self, out: Path, seed: int) -> None:
-        self._evaluate(
-            out,
-            policy=None,
-            seeds=self.cfg.train_seeds,
-            attempts=int(self.cfg.explore.attempts),
-            extra=list(self.cfg.overrides.explore),
-            seed=seed,
-        )
+        """``explore.attempts`` episodes per training instance, taken in turn by the
+        ``explore.explorers`` (each in ``out/<explorer>``): attempt ``a`` is explorer
+        ``a % len(explorers)``'s."""
+        for index, explorer in enumerate(self._explorers()):
+            attempts = len(range(index, int(self.cfg.explore.attempts), len(self._explorers())))
+            if attempts:
+                self._evaluate(
+                    out / explorer,
+                    policy=None,
+                    seeds=self.cfg.train_seeds,
+                    attempts=attempts,
+                    extra=[f"eval.policy={explorer}", *self.cfg.overrides.explore],
+                    seed=seed,
+                )
+
+    def _explorers(self) -> list[str]:
+        explorers = [str(name) for name in self.cfg.explore.explorers]
+        if not explorers:
+            raise ValueError("explore.explorers must name at least one (e.g. [model])")
+        return explorers
 
     def _real_data(self, out: Path, seed: int) -> None:
         budget = live_real_steps(self.dir(seed, "live_search"))
-        kept = within_budget(self.dir(seed, "explore"), out, budget)
+        explore = self.dir(seed, "explore")
+        sources = [explore / name for name in self._explorers() if (explore / name).is_dir()]
+        kept = within_budget(sources, out, budget)
         atomic_write_json(out / "budget.json", kept | {"budget": budget})
 
     def _world_model(self, out: Path, seed: int) -> None:
@@ -447,28 +464,38 @@ def live_real_steps(search: Path) -> int:
     return int(world["resets"]) + int(world["replayed_steps"]) + int(world["direct"])
 
 
-def within_budget(explore: Path, out: Path, budget: int) -> dict[str, int]:
-    """Copy ``explore``'s episodes into ``out`` (an evaluate.py-like run dir) breadth-first
-    (attempt, then seed, then task) while their real steps (one reset + the steps each) fit
-    ``budget``. Returns what was kept and left (errored episodes are left)."""
+def within_budget(explorers: Sequence[Path], out: Path, budget: int) -> dict[str, int]:
+    """Copy the explorers' episodes (evaluate.py run dirs) into ``out`` (one such run dir)
+    breadth-first (attempt, then explorer, then seed, then task) while their real steps (one
+    reset + the steps each) fit ``budget``. Explorer ``i``'s attempt ``a`` becomes attempt
+    ``a * len(explorers) + i`` (its record says ``explorer: i``), so the keys stay apart.
+    Returns what was kept and left (errored episodes are left)."""
     from websynthesis.data.episodes import read_episodes
     from websynthesis.pipelines.evaluate import latest_episodes
 
-    finished = sorted(read_episodes(explore), key=lambda e: (e.key[2], e.key[1], e.key[0]))
+    found = [
+        (episode.key[2], index, episode.key[1], episode.key[0], episode)
+        for index, explore in enumerate(explorers)
+        for episode in read_episodes(explore)
+    ]
     kept, spent = [], 0
-    for episode in finished:
+    for attempt, index, _, _, episode in sorted(found, key=lambda row: row[:4]):
         cost = 1 + len(episode.steps)
         if spent + cost <= budget:
             spent += cost
-            kept.append(episode)
+            renumbered = attempt * len(explorers) + index
+            record = episode.record | {"attempt": renumbered, "explorer": index}
+            kept.append((record, [row | {"attempt": renumbered} for row in episode.steps]))
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "episodes.jsonl", _jsonl(e.record for e in kept))
-    atomic_write_text(out / "transitions.jsonl", _jsonl(row for e in kept for row in e.steps))
+    atomic_write_text(out / "episodes.jsonl", _jsonl(record for record, _ in kept))
+    atomic_write_text(out / "transitions.jsonl", _jsonl(row for _, rows in kept for row in rows))
+    listed = sum(len(latest_episodes(explore / "episodes.jsonl")) for explore in explorers)
     return {
         "episodes": len(kept),
-        "transitions": sum(len(e.steps) for e in kept),
+        "transitions": sum(len(rows) for _, rows in kept),
         "real_steps": spent,
-        "left_out": len(latest_episodes(explore / "episodes.jsonl")) - len(kept),
+        "left_out": listed - len(kept),
+        "successes": sum(record.get("success") is True for record, _ in kept),
     }
 
 
@@ -625,6 +652,7 @@ def _real_steps(seed_dir: Path) -> dict[str, Any]:
         "bc_imagined": budget.get("real_steps"),
         "explore_episodes_kept": budget.get("episodes"),
         "explore_episodes_left_out": budget.get("left_out"),
+        "explore_successes": budget.get("successes"),
     }
 
 
