@@ -108,3 +108,16 @@ def test_no_secret_fields_in_any_config() -> None:
     for name in PRIMARY:
         text = OmegaConf.to_yaml(compose(config_name=name))
         assert "api_key:" not in text and "token:" not in text
+
+
+@pytest.mark.parametrize("profile", ["full", "mini"])
+@pytest.mark.parametrize("stage", ["world_model", "reward_model"])
+def test_the_evidence_profiles_train_overrides_compose(profile: str, stage: str) -> None:
+    """Each profile's overrides of a training stage compose with train.py's config: a key
+    missing from the config would otherwise fail only when that stage starts, deep in a run."""
+    evidence = compose(config_name="learning_evidence", overrides=[f"evidence={profile}"])
+    overrides = [*evidence.overrides.common, *evidence.overrides[stage]]
+    cfg = compose(config_name="train", overrides=["logger=none", *overrides])
+    assert cfg.task_name == stage
+    if stage == "reward_model":
+        assert cfg.data.reward.balance is True and cfg.data.reward.unresolved == "skip"
