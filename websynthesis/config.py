@@ -67,13 +67,15 @@ class RoleConfig:
 
 @dataclass
 class ModelConfig:
-    """A base model, how it is served (``backend``), and its roles."""
+    """A base model, how it is served (``backend``; ``role_backends.<role>`` serves one role
+    elsewhere), and its roles."""
 
     name: str = MISSING
     path: str = MISSING
     seed: int = 0
     adapters: dict[str, str | None] = field(default_factory=dict)
     backend: Any = MISSING
+    role_backends: dict[str, Any] = field(default_factory=dict)  # models/routing.py
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     cache: bool = True
 

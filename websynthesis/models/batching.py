@@ -215,6 +215,7 @@ class BatchingBackend:
         return json.dumps(
             [
                 request.messages,
+                request.prompt,
                 request.model,
                 request.grammar,
                 sampling.temperature,

@@ -171,6 +171,8 @@ class CachedBackend:
             "seed": sampling.seed,
             "grammar": request.grammar,
         }
+        if request.prompt is not None:  # only then: the keys of chat requests stay as they were
+            material["prompt"] = request.prompt
         keys = []
         for index in range(sampling.n):
             canonical = json.dumps(

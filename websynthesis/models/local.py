@@ -355,7 +355,10 @@ class LocalBackend:
             known = ", ".join(sorted(self.adapters)) or "none"
             raise _Rejected("not_found", f"unknown adapter {request.model!r} (loaded: {known})")
         try:
-            prompt = self._prompt_ids(request.messages)
+            if request.prompt is not None:
+                prompt = self._prompt_ids.text_ids(request.prompt)
+            else:
+                prompt = self._prompt_ids(request.messages)
         except Exception as error:  # a template may raise on roles or content it refuses
             raise _Rejected("bad_request", f"chat template: {error}") from None
         if len(prompt) + s.max_new_tokens > self.context_length:

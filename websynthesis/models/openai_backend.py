@@ -190,6 +190,11 @@ class OpenAIBackend:
         )
 
     @property
+    def carries_grammars(self) -> bool:
+        """Whether requests' grammars reach the server (``grammar_mode`` names its dialect)."""
+        return self.grammar_mode != "none"
+
+    @property
     def cache_identity(self) -> dict[str, Any]:
         """What makes answers of this backend differ from another's (see ``cache.py``): the
         server (its URL), its grammar dialect and extra request fields, the served model,
@@ -308,7 +313,8 @@ class OpenAIBackend:
                     error="bad_response: the server returned no choices",
                 )
             for choice in sorted(response.choices, key=lambda c: c.index)[:n]:
-                texts.append(choice.message.content or "")
+                text = choice.text if request.prompt is not None else choice.message.content
+                texts.append(text or "")
                 reasons.append(choice.finish_reason or "")
         return Generation(
             texts=texts,
@@ -325,17 +331,23 @@ class OpenAIBackend:
         seed: int | None,
         grammar_body: Mapping[str, Any],
     ) -> Any:
-        """One chat completion, retried on transient failures; raises :class:`_CallFailed`."""
+        """One chat completion (a text completion for a raw ``prompt``), retried on transient
+        failures; raises :class:`_CallFailed`."""
         sampling = request.sampling
         kwargs: dict[str, Any] = {
             "model": request.model or self.model,
-            "messages": list(request.messages),
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "n": n,
-            self.max_tokens_field: sampling.max_new_tokens,
             "timeout": self.timeout_s,
         }
+        if request.prompt is not None:
+            endpoint = state.client.completions
+            kwargs |= {"prompt": request.prompt, "max_tokens": sampling.max_new_tokens}
+        else:
+            endpoint = state.client.chat.completions
+            kwargs["messages"] = list(request.messages)
+            kwargs[self.max_tokens_field] = sampling.max_new_tokens
         if seed is not None:
             kwargs["seed"] = seed
         extra_body = self.extra_body | dict(grammar_body)
@@ -345,7 +357,7 @@ class OpenAIBackend:
             async with state.semaphore:
                 self.stats.calls += 1
                 try:
-                    return await state.client.chat.completions.create(**kwargs)
+                    return await endpoint.create(**kwargs)
                 except openai.APIError as exc:
                     kind, message = self._classify(exc)
                     retry_after = _retry_after(exc)

@@ -50,6 +50,8 @@ class GenerationRequest:
     GBNF dialect, root rule ``root``) that the *whole* assistant output must
     match; backends that cannot enforce it say so in ``Generation.error``
     rather than silently ignoring it. ``role`` is used for accounting only.
+    ``prompt``, when given, is raw text the model continues as it is (a
+    ``/v1/completions`` request): no chat template, and ``messages`` is empty.
     """
 
     messages: tuple[Message, ...]
@@ -57,6 +59,7 @@ class GenerationRequest:
     model: str | None = None
     grammar: str | None = None
     role: str = ""
+    prompt: str | None = None
 
 
 @dataclass
