@@ -253,6 +253,10 @@ class EnvConfig:
     ``actions``: the environment's declared action set, the verbs its pages take
     (:mod:`websynthesis.web.action_sets`; empty: WebArena's twelve). The policy's prompt,
     grammar and validation, the browser's refusals and the recorded data follow it.
+    ``login``: a WebArena task with ``require_login`` starts logged in to its sites
+    (:mod:`websynthesis.env.login`): ``logins.<site>`` overrides the documented account and
+    the form (``password_env`` names the variable holding a password), states are saved
+    under ``auth_dir`` and reused for ``login_max_age_s``.
     """
 
     name: str = MISSING
@@ -267,6 +271,10 @@ class EnvConfig:
     site_urls: dict[str, str] = field(default_factory=dict)
     # The verbs its pages take (websynthesis.web.action_sets); [] = WebArena's twelve.
     actions: list[str] = field(default_factory=list)
+    login: bool = True
+    logins: dict[str, Any] = field(default_factory=dict)
+    auth_dir: str | None = None  # null: ~/.cache/websynthesis/webarena_auth
+    login_max_age_s: float = 3600.0
 
 
 @dataclass
