@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx2
@@ -76,7 +77,6 @@ def test_cut_at_stop_takes_the_earliest_stop() -> None:
         ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"frequency_penalty": 1.0}, "frequency_penalty"),
-        ({"logprobs": True}, "logprobs"),
         ({"logit_bias": {"42": 5}}, "logit_bias"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"extra_body": {"top_k": 5}}, "top_k"),
@@ -96,6 +96,15 @@ def test_what_the_server_does_not_honour_is_a_400_naming_it(echo, kwargs, field)
     error = _refusal(client, **kwargs)
     assert error.param == field, error.message
     assert len(backend.batches) == before  # refused before it reached the backend
+
+
+def test_logprobs_a_backend_cannot_give_are_refused_not_left_out(echo) -> None:
+    client, _, _ = echo
+    assert _refusal(client, logprobs=True).param == "logprobs"
+    assert _refusal(client, top_logprobs=2).param == "top_logprobs"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="base-model", prompt="go", logprobs=2)
+    assert caught.value.param == "logprobs"
 
 
 def test_neutral_values_of_unhonoured_fields_are_accepted(echo) -> None:
@@ -280,6 +289,31 @@ def test_the_tiny_model_answers_within_each_constraint(tiny_model_path: Path) ->
                 **ask, max_tokens=8, extra_body={"ebnf": 'root ::= "x" [0-9]'}
             )
             assert re.fullmatch("x[0-9]", sglang.choices[0].message.content)
+            # logprobs: the model's own, the chosen token the likeliest under greedy
+            scored = client.chat.completions.create(
+                **ask, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3
+            )
+            content = scored.choices[0].logprobs.content
+            assert "".join(t.token for t in content) == scored.choices[0].message.content
+            for token in content:
+                assert len(token.top_logprobs) == 3 and token.logprob <= 0
+                assert token.logprob == pytest.approx(token.top_logprobs[0].logprob, abs=1e-5)
+                values = [t.logprob for t in token.top_logprobs]
+                assert values == sorted(values, reverse=True)
+            picked = client.chat.completions.create(
+                **ask, logprobs=True, extra_body={"guided_choice": ["red", "blue"]}
+            )  # under a grammar the chosen token need not be the model's likeliest
+            chosen = picked.choices[0].logprobs.content
+            assert "".join(t.token for t in chosen) == picked.choices[0].message.content
+            assert all(t.top_logprobs == [] for t in chosen)
+            raw = client.completions.create(
+                model="tiny", prompt="Once", max_tokens=5, temperature=0, logprobs=2
+            )
+            lp = raw.choices[0].logprobs
+            assert "".join(lp.tokens) == raw.choices[0].text and len(lp.token_logprobs) == 5
+            assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+            assert all(len(top) <= 2 for top in lp.top_logprobs)
+
             free = client.chat.completions.create(**ask, max_tokens=12, temperature=0)
             text = free.choices[0].message.content
             assert len(text) > 5
@@ -305,3 +339,19 @@ def test_the_tiny_model_answers_within_each_constraint(tiny_model_path: Path) ->
                 remote.close()
     finally:
         backend.close()
+    plain = LocalBackend(str(tiny_model_path), device="cpu", cascade_decode=False)
+    try:
+        asked = replace(prompt, sampling=Sampling(max_new_tokens=4, logprobs=1))
+        assert generate(plain, [asked])[0].error == (
+            "bad_request: logprobs need the cascade decode (Qwen2 models)"
+        )
+    finally:
+        plain.close()
+
+
+def test_requests_for_logprobs_are_never_cached() -> None:
+    from websynthesis.models.cache import is_cacheable
+
+    greedy = GenerationRequest(messages=({"role": "user", "content": "x"},))
+    assert is_cacheable(greedy)
+    assert not is_cacheable(replace(greedy, sampling=Sampling(logprobs=0)))

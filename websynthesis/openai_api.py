@@ -2,12 +2,13 @@
 
 Two endpoints, ``/v1/chat/completions`` and ``/v1/completions``, with the fields clients
 of OpenAI, vLLM and SGLang send: sampling (``temperature``, ``top_p``, ``n``, ``seed``,
-``max_tokens``), ``stop``, ``stream`` (server-sent events, with ``stream_options``'
+``max_tokens``), ``stop``, ``logprobs`` (chat: ``logprobs`` + ``top_logprobs``;
+completions: ``logprobs: k``), ``stream`` (server-sent events, with ``stream_options``'
 ``include_usage``), list-form message ``content`` (text parts), and every structured-output
 dialect (:mod:`websynthesis.models.structured_outputs`).
 
 Why a field is refused rather than ignored: a client that asks for something the server
-does not do (a penalty, logprobs, tools, an image) and gets a 200 reads an answer made
+does not do (a penalty, tools, an image) and gets a 200 reads an answer made
 under other rules, with nothing to tell it so. So a field is either honoured, or neutral at
 the value sent (``presence_penalty: 0``, ``user``, ``logprobs: false``), or a 400 naming
 it (:func:`unsupported`).
@@ -24,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from websynthesis.models.structured_outputs import FIELDS as CONSTRAINT_FIELDS
-from websynthesis.models.types import Generation
+from websynthesis.models.types import Generation, TokenLogprob
 
 MAX_STOPS = 16  # OpenAI takes 4; vLLM and SGLang more
 
@@ -54,8 +55,6 @@ NEUTRAL: dict[str, Callable[[Any], bool]] = {
     "presence_penalty": _equals(0),
     "repetition_penalty": _equals(1),
     "logit_bias": _off,
-    "logprobs": _off,
-    "top_logprobs": _equals(0),
     "tools": _off,
     "functions": _off,
     "tool_choice": _equals("none", "auto"),
@@ -139,14 +138,23 @@ class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def wanted_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Request):
     prompt: str | list[str]
     max_tokens: int = Field(16, ge=1)  # OpenAI's and vLLM's default for completions
+    logprobs: int | None = Field(None, ge=0, le=5)  # the top k alternatives, as OpenAI's
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def wanted_logprobs(self) -> int | None:
+        return self.logprobs
 
 
 def unsupported(request: _Request) -> tuple[str, str] | None:
@@ -162,6 +170,8 @@ def unsupported(request: _Request) -> tuple[str, str] | None:
         return "stop", f"stop takes at most {MAX_STOPS} non-empty strings"
     if isinstance(request, CompletionRequest) and not request.prompts():
         return "prompt", "prompt must not be empty"
+    if isinstance(request, ChatCompletionRequest) and request.top_logprobs and not request.logprobs:
+        return "top_logprobs", "top_logprobs needs logprobs=true"
     return None
 
 
@@ -173,6 +183,18 @@ def cut_at_stop(text: str, reason: str, stops: Sequence[str]) -> tuple[str, str]
     if not ends:
         return text, reason
     return text[: min(ends)], "stop"
+
+
+def tokens_within(logprobs: Sequence[TokenLogprob], length: int) -> list[TokenLogprob]:
+    """The leading tokens whose text fits in ``length`` characters (a text cut at a stop
+    string keeps the logprobs of the tokens it still holds)."""
+    kept, used = [], 0
+    for token in logprobs:
+        used += len(token.token)
+        if used > length:
+            break
+        kept.append(token)
+    return kept
 
 
 class Answer:
@@ -193,11 +215,15 @@ class Answer:
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.choices: list[tuple[str, str]] = []
+        self.logprobs: list[list[TokenLogprob] | None] = []
         for generation in generations:
             reasons = generation.finish_reasons
             for j, text in enumerate(generation.texts):
                 reason = reasons[j] if j < len(reasons) and reasons[j] else "stop"
-                self.choices.append(cut_at_stop(text, reason, stops))
+                cut, reason = cut_at_stop(text, reason, stops)
+                self.choices.append((cut, reason))
+                given = generation.logprobs[j] if generation.logprobs is not None else None
+                self.logprobs.append(None if given is None else tokens_within(given, len(cut)))
         prompt = sum(g.prompt_tokens for g in generations)
         completion = sum(g.completion_tokens for g in generations)
         self.usage = {
@@ -209,7 +235,7 @@ class Answer:
     def body(self) -> dict[str, Any]:
         """The whole answer (``stream=false``)."""
         choices = [
-            {"index": i, **self._content(text), "finish_reason": reason, "logprobs": None}
+            {"index": i, **self._content(text), "finish_reason": reason, "logprobs": self._lp(i)}
             for i, (text, reason) in enumerate(self.choices)
         ]
         return self._envelope(choices, chunk=False) | {"usage": self.usage}
@@ -225,10 +251,11 @@ class Answer:
             if self.chat:
                 opening = {"role": "assistant", "content": ""}
                 yield _event(self._chunk(i, {"delta": opening}, None) | usage)
-                yield _event(self._chunk(i, {"delta": {"content": text}}, None) | usage)
+                content = self._chunk(i, {"delta": {"content": text}}, None, self._lp(i))
+                yield _event(content | usage)
                 yield _event(self._chunk(i, {"delta": {}}, reason) | usage)
             else:
-                yield _event(self._chunk(i, {"text": text}, reason) | usage)
+                yield _event(self._chunk(i, {"text": text}, reason, self._lp(i)) | usage)
         if include_usage:
             yield _event(self._envelope([], chunk=True) | {"usage": self.usage})
         yield "data: [DONE]\n\n"
@@ -236,9 +263,33 @@ class Answer:
     def _content(self, text: str) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}} if self.chat else {"text": text}
 
-    def _chunk(self, index: int, part: Mapping[str, Any], reason: str | None) -> dict[str, Any]:
-        choice = {"index": index, **part, "logprobs": None, "finish_reason": reason}
+    def _chunk(
+        self,
+        index: int,
+        part: Mapping[str, Any],
+        reason: str | None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        choice = {"index": index, **part, "logprobs": logprobs, "finish_reason": reason}
         return self._envelope([choice], chunk=True)
+
+    def _lp(self, index: int) -> dict[str, Any] | None:
+        """Choice ``index``'s logprobs in the endpoint's shape (``None``: not asked)."""
+        tokens = self.logprobs[index]
+        if tokens is None:
+            return None
+        if self.chat:
+            return {"content": [_chat_token(t) for t in tokens], "refusal": None}
+        offsets, at = [], 0
+        for token in tokens:
+            offsets.append(at)
+            at += len(token.token)
+        return {
+            "tokens": [t.token for t in tokens],
+            "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [dict(t.top) for t in tokens],
+            "text_offset": offsets,
+        }
 
     def _envelope(self, choices: list[dict[str, Any]], chunk: bool) -> dict[str, Any]:
         kind = "chat.completion" if self.chat else "text_completion"
@@ -251,6 +302,14 @@ class Answer:
             "model": self.model,
             "choices": choices,
         }
+
+
+def _chat_token(token: TokenLogprob) -> dict[str, Any]:
+    def entry(text: str, logprob: float) -> dict[str, Any]:
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    top = [entry(text, logprob) for text, logprob in token.top]
+    return entry(token.token, token.logprob) | {"top_logprobs": top}
 
 
 def _event(data: Mapping[str, Any]) -> str:

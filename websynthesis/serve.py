@@ -362,6 +362,7 @@ def build_app(
             max_new_tokens=max_new,
             n=body.n,
             seed=body.seed,
+            logprobs=body.wanted_logprobs(),
         )
         model = None if body.model == base else body.model
         requests = [
@@ -375,6 +376,9 @@ def build_app(
         for generation in generations:
             if not generation.ok:
                 return _generation_error(generation.error or "internal: generation failed")
+            if sampling.logprobs is not None and generation.logprobs is None:
+                message = "logprobs: this server's backend does not return them"
+                return _error(400, message, param="logprobs", code="unsupported")
         chat = isinstance(body, ChatCompletionRequest)
         return Answer(chat, body.model, generations, body.stops())
 

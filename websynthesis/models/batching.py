@@ -223,6 +223,7 @@ class BatchingBackend:
                 sampling.max_new_tokens,
                 sampling.n,
                 sampling.seed,
+                sampling.logprobs,
             ],
             sort_keys=True,
             ensure_ascii=False,

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import openai
 from openai import AsyncOpenAI
 
-from websynthesis.models.types import Generation, GenerationRequest, derive_seed
+from websynthesis.models.types import Generation, GenerationRequest, TokenLogprob, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +284,7 @@ class OpenAIBackend:
         wanted = request.sampling.n
         texts: list[str] = []
         reasons: list[str] = []
+        logprobs: list[list[TokenLogprob]] = []
         prompt_tokens = completion_tokens = 0
         while len(texts) < wanted:
             n = wanted - len(texts)
@@ -315,12 +316,15 @@ class OpenAIBackend:
             for choice in sorted(response.choices, key=lambda c: c.index)[:n]:
                 text = choice.text if request.prompt is not None else choice.message.content
                 texts.append(text or "")
+                if request.sampling.logprobs is not None:
+                    logprobs.append(_token_logprobs(choice.logprobs, request.prompt is not None))
                 reasons.append(choice.finish_reason or "")
         return Generation(
             texts=texts,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             finish_reasons=reasons,
+            logprobs=logprobs if request.sampling.logprobs is not None else None,
         )
 
     async def _call(
@@ -341,13 +345,18 @@ class OpenAIBackend:
             "n": n,
             "timeout": self.timeout_s,
         }
+        top = sampling.logprobs
         if request.prompt is not None:
             endpoint = state.client.completions
             kwargs |= {"prompt": request.prompt, "max_tokens": sampling.max_new_tokens}
+            if top is not None:
+                kwargs["logprobs"] = top
         else:
             endpoint = state.client.chat.completions
             kwargs["messages"] = list(request.messages)
             kwargs[self.max_tokens_field] = sampling.max_new_tokens
+            if top is not None:
+                kwargs |= {"logprobs": True, "top_logprobs": top}
         if seed is not None:
             kwargs["seed"] = seed
         extra_body = self.extra_body | dict(grammar_body)
@@ -406,6 +415,24 @@ class OpenAIBackend:
     def _mask(self, text: str) -> str:
         key = self._read_key()
         return text.replace(key, "***") if len(key) >= 8 else text
+
+
+def _token_logprobs(given: Any, completion: bool) -> list[TokenLogprob]:
+    """A choice's ``logprobs`` (chat: ``content`` entries; completions: parallel lists)."""
+    if given is None:
+        return []
+    if completion:
+        tokens = given.tokens or []
+        values = given.token_logprobs or [0.0] * len(tokens)
+        tops = given.top_logprobs or [{}] * len(tokens)
+        return [
+            TokenLogprob(token, float(value or 0.0), tuple((top or {}).items()))
+            for token, value, top in zip(tokens, values, tops, strict=False)
+        ]
+    return [
+        TokenLogprob(t.token, t.logprob, tuple((a.token, a.logprob) for a in t.top_logprobs or []))
+        for t in given.content or []
+    ]
 
 
 def _plain(value: Any) -> Any:

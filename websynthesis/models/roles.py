@@ -360,6 +360,11 @@ class OutcomeStats:
         if failed:
             raise RolesFailed(failed)
 
+    def merge(self, other: OutcomeStats | Mapping[str, Any]) -> None:
+        data = other.to_dict() if isinstance(other, OutcomeStats) else other
+        for name, outcomes in data.items():
+            self.role(name).add(outcomes)
+
 
 class RolesFailed(RuntimeError):
     """Every call of these roles failed in their backends; ``failed`` counts why."""
@@ -374,11 +379,6 @@ class RolesFailed(RuntimeError):
             f"every call of {'; '.join(parts)} failed in its backend: check model.backend "
             "and model.role_backends (the server's address, key and what it serves)"
         )
-
-    def merge(self, other: OutcomeStats | Mapping[str, Any]) -> None:
-        data = other.to_dict() if isinstance(other, OutcomeStats) else other
-        for name, outcomes in data.items():
-            self.role(name).add(outcomes)
 
 
 # --- the client ------------------------------------------------------------------------
