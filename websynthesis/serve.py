@@ -14,10 +14,10 @@ gathers requests for up to ``batch_window_ms`` after the first one, or until
 requests that arrive meanwhile form the next batch.
 
 ``POST /v1/completions`` continues raw prompts. What each endpoint takes and answers
-(sampling, ``stop``, streaming, list-form content, the structured-output fields of OpenAI,
-vLLM and SGLang, our own ``grammar``: an EBNF string the whole answer must match) is
-:mod:`websynthesis.openai_api`'s: a field the server does not honour is a 400 naming it,
-never a 200 made under other rules. The server binds loopback by default; a bearer token
+(sampling, ``stop``, logprobs, streaming, list-form content, the structured-output fields
+of OpenAI, vLLM and SGLang, our own ``grammar``: an EBNF string the whole answer must
+match) is :mod:`websynthesis.openai_api`'s: a field the server does not honour is a 400
+naming it, never a 200 made under other rules. The server binds loopback by default; a bearer token
 is required when ``auth_token_env`` names an environment variable holding one.
 :class:`FaultInjector` lets tests make chosen requests fail or hang; it can only
 be passed to :func:`build_app`, never switched on from the config.
