@@ -707,3 +707,20 @@ def test_browsergym_parser_reads_back_the_exact_arguments(text: str) -> None:
         subsets=["chat", "infeas", "bid", "coord", "nav", "tab"]
     )
     assert action_set.to_python_code(action.to_browsergym())
+
+
+@pytest.mark.parametrize(
+    ("text", "keys"),
+    [("press [enter]", "Enter"), ("press [control+SHIFT+arrowleft]", "Control+Shift+ArrowLeft"),
+     ("press [+]", "+"), ("press [F5]", "F5"), ("press [a]", "a")],
+)  # fmt: skip
+def test_press_takes_playwright_key_names_canonically(text: str, keys: str) -> None:
+    assert parse_action(text).text == keys
+
+
+@pytest.mark.parametrize("text", ["press [submitform]", "press [Control+sub]", "press [ENTR]"])
+def test_press_refuses_made_up_key_names(text: str) -> None:
+    """The browser refuses them, so an action that names one is no action at all."""
+    with pytest.raises(ActionParseError, match="not a key") as caught:
+        parse_action(text)
+    assert caught.value.reason is Reason.BAD_KEYS

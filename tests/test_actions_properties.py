@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from websynthesis.web.actions import (
     ANSWER_PHRASE,
+    KEY_NAMES,
     Action,
     ActionKind,
     ActionParseError,
@@ -26,7 +27,8 @@ K = ActionKind
 
 ids = st.from_regex(r"[A-Za-z]{0,2}[0-9]{1,6}", fullmatch=True)
 free_text = st.text(min_size=1, max_size=40).filter(str.strip)
-keys = st.from_regex(r"[A-Za-z0-9]{1,8}(\+[A-Za-z0-9]{1,8}){0,2}", fullmatch=True)
+key = st.one_of(st.sampled_from(KEY_NAMES), st.from_regex(r"[A-Za-z0-9]", fullmatch=True))
+keys = st.lists(key, min_size=1, max_size=3).map("+".join)
 
 
 def actions(text: st.SearchStrategy[str] = free_text) -> st.SearchStrategy[Action]:

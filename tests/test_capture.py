@@ -55,7 +55,7 @@ def test_captured_first_pages_are_what_synthesize_searches(
 
     out = tmp_path / "tasks_with_state.jsonl"
     captured = python("-m", "websynthesis.env.capture", f"data.tasks={raw}",
-                      f"env.site_urls.shopping={url}", f"out={out}",
+                      f"env.site_urls.shopping={url}", f"out={out}", "env.login=false",
                       f"hydra.run.dir={tmp_path / 'capture'}")  # fmt: skip
     assert captured.returncode == 0, captured.stderr[-3000:]
     summary, _ = json.JSONDecoder().raw_decode(captured.stdout, captured.stdout.index("{"))

@@ -121,3 +121,15 @@ def test_the_evidence_profiles_train_overrides_compose(profile: str, stage: str)
     assert cfg.task_name == stage
     if stage == "reward_model":
         assert cfg.data.reward.balance is True and cfg.data.reward.unresolved == "skip"
+
+
+def test_the_backend_group_serves_the_model_or_one_role_from_a_server() -> None:
+    url = "model.backend.base_url=http://127.0.0.1:8000/v1"
+    cfg = compose(config_name="synthesize", overrides=["backend@model.backend=vllm", url])
+    assert cfg.model.backend._target_.endswith("OpenAIBackend")
+    assert (cfg.model.backend.grammar_mode, cfg.model.backend.model) == ("vllm", "tiny")
+    assert cfg.model.role_backends == {}
+    one = ["+backend@model.role_backends.reward=sglang", "model.role_backends.reward.base_url=x"]
+    cfg = compose(config_name="train", overrides=["logger=none", *one])
+    assert cfg.model.backend._target_.endswith("LocalBackend")
+    assert cfg.model.role_backends.reward.grammar_mode == "sglang"

@@ -217,3 +217,19 @@ def test_go_back_grammar(compiler: GrammarCompiler) -> None:
     assert not accepts(
         compiler, grammar, "No. In summary, the next action I will perform is ```click [1]```"
     )
+
+
+def test_the_action_grammar_presses_only_real_keys() -> None:
+    import xgrammar as xgr
+    from xgrammar import testing as xgr_testing
+
+    from websynthesis.web.actions import ANSWER_PHRASE
+
+    grammar = xgr.Grammar.from_ebnf(action_grammar(["5"], allow_reasoning=False))
+
+    def writes(action: str) -> bool:
+        return xgr_testing._is_grammar_accept_string(grammar, f"{ANSWER_PHRASE} ```{action}```")
+
+    assert writes("press [Enter]") and writes("press [Control+a]") and writes("click [5]")
+    assert writes("press [Control+Shift+ArrowLeft]")
+    assert not writes("press [submitform]") and not writes("press [Entr]")

@@ -168,13 +168,15 @@ def tokens_of(
     collect = backend._collect
     stops = set(backend.stop_token_ids)
 
-    def record(chunk: list, ns: list[int], new_tokens: list[list[int]]) -> list[Generation]:
+    def record(
+        chunk: list, ns: list[int], new_tokens: list[list[int]], logprobs: object = None
+    ) -> list[Generation]:
         rows = iter(new_tokens)
         for item, n in zip(chunk, ns, strict=True):
             samples = [list(next(rows)) for _ in range(n)]
             ends = [next((k for k, t in enumerate(s) if t in stops), len(s)) for s in samples]
             captured[item.index] = [s[: end + 1] for s, end in zip(samples, ends, strict=True)]
-        return collect(chunk, ns, new_tokens)
+        return collect(chunk, ns, new_tokens, logprobs)
 
     with monkeypatch.context() as patch:
         patch.setattr(backend, "_collect", record)

@@ -261,11 +261,15 @@ def test_adapter_names_seed_and_sampling_pass_through(server: Server) -> None:
 
 
 def test_extra_body_from_a_hydra_config_is_sent(server: Server) -> None:
-    extra = OmegaConf.create({"top_k": 5, "chat_template_kwargs": {"enable_thinking": False}})
+    # values our server takes as neutral (it refuses the fields it cannot honour by name)
+    extra = OmegaConf.create({"top_k": -1, "metadata": {"run": {"stage": "explore"}}})
     backend = server.backend(extra_body=extra)
     assert generate(backend, [_req("x")])[0].ok
     body = server.bodies[-1]
-    assert body["top_k"] == 5 and body["chat_template_kwargs"] == {"enable_thinking": False}
+    assert body["top_k"] == -1 and body["metadata"] == {"run": {"stage": "explore"}}
+    refused = server.backend(extra_body=OmegaConf.create({"chat_template_kwargs": {"a": 1}}))
+    result = generate(refused, [_req("x")])[0]
+    assert result.error.startswith("bad_request: ") and "chat_template_kwargs" in result.error
 
 
 @pytest.mark.parametrize("cap_where", ["client", "server"])

@@ -35,14 +35,14 @@ class EchoBackend:
 
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         self.batches.append(list(requests))
-        if any(r.messages[-1]["content"] == "explode" for r in requests):
+        if any(_last(r) == "explode" for r in requests):
             raise RuntimeError("the whole batch failed")
         await asyncio.sleep(self.delay_s)
         return [self._answer(r) for r in requests]
 
     @staticmethod
     def _answer(r: GenerationRequest) -> Generation:
-        content = r.messages[-1]["content"]
+        content = _last(r)
         if content.startswith("error="):
             return Generation(texts=[], error=content.removeprefix("error="))
         s = r.sampling
@@ -57,6 +57,11 @@ class EchoBackend:
 
     def close(self) -> None:
         pass
+
+
+def _last(request: GenerationRequest) -> str:
+    """A completion request's prompt, or a chat request's last message."""
+    return request.prompt if request.prompt is not None else request.messages[-1]["content"]
 
 
 @contextlib.contextmanager
@@ -152,7 +157,7 @@ def _round_trip(client: openai.OpenAI, backend: EchoBackend) -> None:
         ({"model": "base-model", "messages": [{"role": "tool", "content": "x"}]}, 400),
         ({"model": "base-model", "messages": [{"role": "user", "content": "x"}], "n": 0}, 400),
         ({"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404),
-        ({"model": "policy", "messages": [{"role": "user", "content": "x"}], "stream": True}, 400),
+        ({"model": "policy", "messages": [{"role": "user", "content": "x"}], "bogus": 1}, 400),
     ],
 )
 def test_bad_requests_get_openai_errors(echo_server, body: dict, status: int) -> None:

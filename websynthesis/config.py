@@ -67,13 +67,15 @@ class RoleConfig:
 
 @dataclass
 class ModelConfig:
-    """A base model, how it is served (``backend``), and its roles."""
+    """A base model, how it is served (``backend``; ``role_backends.<role>`` serves one role
+    elsewhere), and its roles."""
 
     name: str = MISSING
     path: str = MISSING
     seed: int = 0
     adapters: dict[str, str | None] = field(default_factory=dict)
     backend: Any = MISSING
+    role_backends: dict[str, Any] = field(default_factory=dict)  # models/routing.py
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     cache: bool = True
 
@@ -251,6 +253,10 @@ class EnvConfig:
     ``actions``: the environment's declared action set, the verbs its pages take
     (:mod:`websynthesis.web.action_sets`; empty: WebArena's twelve). The policy's prompt,
     grammar and validation, the browser's refusals and the recorded data follow it.
+    ``login``: a WebArena task with ``require_login`` starts logged in to its sites
+    (:mod:`websynthesis.env.login`): ``logins.<site>`` overrides the documented account and
+    the form (``password_env`` names the variable holding a password), states are saved
+    under ``auth_dir`` and reused for ``login_max_age_s``.
     """
 
     name: str = MISSING
@@ -265,6 +271,10 @@ class EnvConfig:
     site_urls: dict[str, str] = field(default_factory=dict)
     # The verbs its pages take (websynthesis.web.action_sets); [] = WebArena's twelve.
     actions: list[str] = field(default_factory=list)
+    login: bool = True
+    logins: dict[str, Any] = field(default_factory=dict)
+    auth_dir: str | None = None  # null: ~/.cache/websynthesis/webarena_auth
+    login_max_age_s: float = 3600.0
 
 
 @dataclass

@@ -13,8 +13,11 @@ gathers requests for up to ``batch_window_ms`` after the first one, or until
 ``agenerate`` batch. One batch runs at a time (a local model is one device);
 requests that arrive meanwhile form the next batch.
 
-Beyond the OpenAI fields, a request may carry ``grammar`` (an EBNF string the
-whole answer must match). The server binds loopback by default; a bearer token
+``POST /v1/completions`` continues raw prompts. What each endpoint takes and answers
+(sampling, ``stop``, logprobs, streaming, list-form content, the structured-output fields
+of OpenAI, vLLM and SGLang, our own ``grammar``: an EBNF string the whole answer must
+match) is :mod:`websynthesis.openai_api`'s: a field the server does not honour is a 400
+naming it, never a 200 made under other rules. The server binds loopback by default; a bearer token
 is required when ``auth_token_env`` names an environment variable holding one.
 :class:`FaultInjector` lets tests make chosen requests fail or hang; it can only
 be passed to :func:`build_app`, never switched on from the config.
@@ -29,26 +32,26 @@ import os
 import secrets
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import hydra
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from websynthesis.config import register_configs
+from websynthesis.models.structured_outputs import StructuredOutputError, request_grammar
 from websynthesis.models.types import Backend, Generation, GenerationRequest, Sampling
+from websynthesis.openai_api import Answer, ChatCompletionRequest, CompletionRequest, unsupported
 
 log = logging.getLogger(__name__)
 
@@ -62,32 +65,6 @@ _STATUS_BY_KIND = {
 }
 # Module level: with postponed annotations FastAPI resolves dependencies from globals.
 _BEARER = HTTPBearer(auto_error=False)
-
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat-completion request we honour, plus ``grammar``.
-
-    Unknown fields are ignored, as OpenAI-compatible servers usually do, so
-    clients that send e.g. ``user`` or ``logprobs=false`` still work.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=128)
-    seed: int | None = None
-    grammar: str | None = None
-    stream: bool = False
 
 
 @dataclass
@@ -135,9 +112,9 @@ class FaultInjector:
         with self._lock:
             self._faults.clear()
 
-    def take(self, request: ChatCompletionRequest) -> _Fault | None:
-        """The fault this request meets, if any (and count it as used)."""
-        last = request.messages[-1].content
+    def take(self, last: str) -> _Fault | None:
+        """The fault a request whose last message (or prompt) is ``last`` meets, if any (and
+        count it as used)."""
         with self._lock:
             for fault in self._faults:
                 if fault.remaining == 0 or (fault.match is not None and fault.match not in last):
@@ -233,9 +210,11 @@ def _error(
     kind: str = "invalid_request_error",
     code: str | None = None,
     headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
-    """An error in OpenAI's shape, which the ``openai`` client turns into its exceptions."""
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    """An error in OpenAI's shape, which the ``openai`` client turns into its exceptions;
+    ``param`` names the request field at fault."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -322,22 +301,54 @@ def build_app(
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], response_model=None)
-    async def chat_completions(body: ChatCompletionRequest) -> dict[str, Any] | JSONResponse:
+    async def chat_completions(body: ChatCompletionRequest) -> Any:
+        messages = tuple(m.plain() for m in body.messages)
+        max_new = body.max_completion_tokens or body.max_tokens or Sampling().max_new_tokens
+        return await _answer(body, [{"messages": messages}], max_new, messages[-1]["content"])
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)], response_model=None)
+    async def completions(body: CompletionRequest) -> Any:
+        prompts = body.prompts()
+        asks = [{"messages": (), "prompt": prompt} for prompt in prompts]
+        return await _answer(body, asks, body.max_tokens, prompts[-1] if prompts else "")
+
+    async def _answer(
+        body: ChatCompletionRequest | CompletionRequest,
+        asks: list[dict[str, Any]],
+        max_new: int,
+        last: str,
+    ) -> Any:
         stats.requests += 1
         stats.in_flight += 1
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
         try:
-            return await _complete(body)
+            answer = await _complete(body, asks, max_new, last)
         finally:
             stats.in_flight -= 1
-
-    async def _complete(body: ChatCompletionRequest) -> dict[str, Any] | JSONResponse:
+        if isinstance(answer, JSONResponse):
+            return answer
         if body.stream:
-            return _error(400, "stream=true is not supported", code="unsupported")
+            usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(answer.events(usage), media_type="text/event-stream")
+        return answer.body()
+
+    async def _complete(
+        body: ChatCompletionRequest | CompletionRequest,
+        asks: list[dict[str, Any]],
+        max_new: int,
+        last: str,
+    ) -> Answer | JSONResponse:
+        refused = unsupported(body)
+        if refused is not None:
+            return _error(400, refused[1], param=refused[0], code="unsupported")
         if body.model not in served:
             message = f"model {body.model!r} is not served here"
-            return _error(404, message, code="model_not_found")
-        fault = faults.take(body) if faults is not None else None
+            return _error(404, message, param="model", code="model_not_found")
+        try:
+            grammar = request_grammar(body.constraint_fields())
+        except StructuredOutputError as error:
+            return _error(400, str(error), param=error.field, code="unsupported")
+        fault = faults.take(last) if faults is not None else None
         if fault is not None and fault.status is not None:
             headers = None
             if fault.retry_after is not None:
@@ -345,26 +356,31 @@ def build_app(
             return _error(fault.status, fault.message, "server_error", headers=headers)
         if fault is not None:
             await asyncio.sleep(fault.hang_s)
-        max_new = body.max_completion_tokens or body.max_tokens or Sampling().max_new_tokens
-        request = GenerationRequest(
-            messages=tuple(m.model_dump() for m in body.messages),
-            sampling=Sampling(
-                temperature=body.temperature,
-                top_p=body.top_p,
-                max_new_tokens=max_new,
-                n=body.n,
-                seed=body.seed,
-            ),
-            model=None if body.model == base else body.model,
-            grammar=body.grammar,
+        sampling = Sampling(
+            temperature=body.temperature,
+            top_p=body.top_p,
+            max_new_tokens=max_new,
+            n=body.n,
+            seed=body.seed,
+            logprobs=body.wanted_logprobs(),
         )
+        model = None if body.model == base else body.model
+        requests = [
+            GenerationRequest(sampling=sampling, model=model, grammar=grammar, **ask)
+            for ask in asks
+        ]
         try:
-            generation = await app.state.batcher.submit(request)
+            generations = await asyncio.gather(*map(app.state.batcher.submit, requests))
         except Exception as exc:
             return _error(500, f"backend failed: {type(exc).__name__}", "server_error")
-        if not generation.ok:
-            return _generation_error(generation.error or "internal: generation failed")
-        return _completion_body(body.model, generation)
+        for generation in generations:
+            if not generation.ok:
+                return _generation_error(generation.error or "internal: generation failed")
+            if sampling.logprobs is not None and generation.logprobs is None:
+                message = "logprobs: this server's backend does not return them"
+                return _error(400, message, param="logprobs", code="unsupported")
+        chat = isinstance(body, ChatCompletionRequest)
+        return Answer(chat, body.model, generations, body.stops())
 
     return app
 
@@ -378,32 +394,6 @@ def _generation_error(error: str) -> JSONResponse:
     kind = error.partition(":")[0].strip()
     status = _STATUS_BY_KIND.get(kind, 500)
     return _error(status, error, "invalid_request_error" if status < 500 else "server_error", kind)
-
-
-def _completion_body(model: str, generation: Generation) -> dict[str, Any]:
-    choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": (
-                generation.finish_reasons[i] if i < len(generation.finish_reasons) else "stop"
-            ),
-            "logprobs": None,
-        }
-        for i, text in enumerate(generation.texts)
-    ]
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": generation.prompt_tokens,
-            "completion_tokens": generation.completion_tokens,
-            "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-        },
-    }
 
 
 def run_server(

@@ -25,6 +25,7 @@ import sys
 import weakref
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -34,6 +35,7 @@ from websynthesis.data.tasks import Task
 from websynthesis.env import miniwob, webarena
 from websynthesis.env.base import EnvError, Observation, StepResult
 from websynthesis.env.browser import LaunchOptions, find_chromium
+from websynthesis.env.login import LoginSettings, site_logins
 from websynthesis.env.observe import owner_of_text_id
 from websynthesis.env.worker import WorkerSpec, serve
 from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, action_set, check_declared
@@ -195,6 +197,14 @@ class BrowserGymEnv:
         self._process = self._conn = self._finalizer = None
 
 
+def login_settings(config: EnvConfig) -> LoginSettings | None:
+    """How WebArena tasks log in (``None``: ``env.login=false``, they start logged out)."""
+    if not config.login:
+        return None
+    auth_dir = config.auth_dir or str(Path("~/.cache/websynthesis/webarena_auth").expanduser())
+    return LoginSettings(site_logins(config.logins), auth_dir, float(config.login_max_age_s))
+
+
 def make_env(config: EnvConfig, tasks: Sequence[Task] = ()) -> BrowserGymEnv:
     """An environment for ``config``: MiniWoB++ (``config.name == "miniwob"``) or a
     self-hosted WebArena (``"webarena"``; ``tasks`` are the WebArena tasks it can reset to,
@@ -214,6 +224,7 @@ def make_env(config: EnvConfig, tasks: Sequence[Task] = ()) -> BrowserGymEnv:
         headless=config.headless,
         webarena_tasks={task.task_id: task for task in tasks} if config.name == "webarena" else {},
         site_urls=site_urls,
+        login=login_settings(config) if config.name == "webarena" else None,
     )
     return BrowserGymEnv(
         spec,

@@ -16,8 +16,10 @@ appended to ``<out>.partial`` as it is done, so a killed run resumes where it st
 not be opened is written without ``state`` and counted (``synthesize.py`` then names it); the
 command exits non-zero when it captured nothing.
 
-Login is not acted on yet: a task with ``require_login: true`` is captured logged out, and
-its ``state_capture.logged_in`` says so.
+A task with ``require_login: true`` is captured logged in to its sites
+(:mod:`websynthesis.env.login`, ``env.login``); ``state_capture.logged_in`` says whether it
+was, and the tasks captured logged out (``env.login=false``, or no login for their sites)
+are listed in the summary.
 """
 
 from __future__ import annotations
@@ -63,9 +65,11 @@ def capture(
     out: Path,
     *,
     recapture: bool = False,
+    login_sites: frozenset[str] = frozenset(),
 ) -> CaptureReport:
     """Open each task's first page in one browser and write ``out`` (see the module
-    docstring); ``make_env`` builds the environment that knows ``tasks``."""
+    docstring); ``make_env`` builds the environment that knows ``tasks``, which logs in to
+    ``login_sites``."""
     partial = out.with_name(out.name + ".partial")
     done = _read_partial(partial)
     report = CaptureReport()
@@ -83,7 +87,7 @@ def capture(
     if todo:
         with make_env() as env:
             for task in todo:
-                captured = _capture_one(env, task, report)
+                captured = _capture_one(env, task, report, login_sites)
                 results[task.task_id] = captured
                 if captured.state:
                     append_line(partial, json.dumps(captured.to_config(), ensure_ascii=False))
@@ -95,7 +99,9 @@ def capture(
     return report
 
 
-def _capture_one(env: WebEnv, task: Task, report: CaptureReport) -> Task:
+def _capture_one(
+    env: WebEnv, task: Task, report: CaptureReport, login_sites: frozenset[str]
+) -> Task:
     try:
         observation = env.reset(task.task_id, 0)
     except (EnvError, ValueError) as error:
@@ -103,14 +109,15 @@ def _capture_one(env: WebEnv, task: Task, report: CaptureReport) -> Task:
         report.failed[task.task_id] = str(error)[-500:]
         return task
     needs_login = bool(task.extra.get("require_login"))
-    if needs_login:
+    logged_in = needs_login and bool(login_sites & set(task.sites))
+    if needs_login and not logged_in:
         report.logged_out.append(task.task_id)
     report.captured.append(task.task_id)
     extra = dict(task.extra) | {
         "state_capture": {
             "captured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "url": observation.url,
-            "logged_in": False if needs_login else None,
+            "logged_in": logged_in if needs_login else None,
         }
     }
     return replace(task, state=observation.text, extra=extra)
@@ -138,7 +145,7 @@ def main() -> None:
     @hydra.main(version_base="1.3", config_path="../../conf", config_name="capture")
     def run(cfg: DictConfig) -> None:
         from websynthesis.data.tasks import load_tasks
-        from websynthesis.env.browsergym_env import make_env
+        from websynthesis.env.browsergym_env import login_settings, make_env
 
         tasks = load_tasks(cfg.data.tasks)
         if cfg.env.name != "webarena":
@@ -146,17 +153,20 @@ def main() -> None:
         env_config = OmegaConf.to_object(cfg.env)
         assert isinstance(env_config, EnvConfig)
         env_config.tasks = [task.task_id for task in tasks]
+        login = login_settings(env_config)
         report = capture(
             tasks,
             lambda: make_env(env_config, tasks),
             Path(cfg.out).expanduser(),
             recapture=bool(cfg.recapture),
+            login_sites=frozenset(login.logins if login is not None else ()),
         )
         summary = report.to_dict()
         print(json.dumps(summary, indent=2))
         if report.logged_out:
             log.warning(
-                "%d tasks need a login and were captured logged out (not handled yet)",
+                "%d tasks need a login and were captured logged out (env.login=false, or no "
+                "login for their sites: env.logins)",
                 len(report.logged_out),
             )
         if not (report.captured or report.kept or report.resumed):

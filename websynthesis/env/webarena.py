@@ -11,9 +11,9 @@ includes ``/admin``). Task URLs may hold WebArena's placeholders (``__SHOPPING_A
 the concrete URLs of whatever host the configs were written for: those are recognised by
 WebArena's standard port of each of the task's sites and moved to the configured host.
 
-Not verified here (no WebArena instance is reachable from this machine): real sites, and
-login. ``require_login``/``storage_state`` are not acted on; a task that needs a login
-starts logged out.
+A task with ``require_login`` is logged in to its sites before its first page
+(:mod:`websynthesis.env.login`; its ``storage_state`` file when it exists). Not verified
+here (no WebArena instance is reachable from this machine): the real sites.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import playwright.sync_api
 from browsergym.core.task import AbstractBrowserTask
 
 from websynthesis.data.tasks import Task
+from websynthesis.env.login import LoginSettings, log_in
 
 # WebArena's docker layout: the port each site is published on.
 SITE_PORTS = {
@@ -66,10 +67,17 @@ class WebArenaTask(AbstractBrowserTask):
     Viewport, slow-mo and timeout are browsergym-webarena's (1280x720, 1000 ms, 10 s).
     """
 
-    def __init__(self, seed: int, task: Task, site_urls: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        seed: int,
+        task: Task,
+        site_urls: Mapping[str, str],
+        login: LoginSettings | None = None,
+    ) -> None:
         super().__init__(seed)
         self.task = task
         self.site_urls = dict(site_urls)
+        self.login = login
         self.viewport = {"width": 1280, "height": 720}
         self.slow_mo = 1000
         self.timeout = 10000
@@ -86,10 +94,16 @@ class WebArenaTask(AbstractBrowserTask):
         ]
         if not urls:
             raise ValueError(f"WebArena task {self.task.task_id} has no start_url")
+        logged_in: list[str] = []
+        if self.login is not None and self.task.extra.get("require_login"):
+            sites = {s: self.site_urls[s] for s in self.task.sites if self.site_urls.get(s)}
+            state = self.task.extra.get("storage_state")
+            logged_in = log_in(page.context, sites, self.login, str(state) if state else None)
         page.goto(urls[0])
         for url in urls[1:]:
             page.context.new_page().goto(url)
-        return self.task.intent, {"task_id": self.task.task_id, "start_urls": urls}
+        info = {"task_id": self.task.task_id, "start_urls": urls, "logged_in": logged_in}
+        return self.task.intent, info
 
     def validate(
         self, page: playwright.sync_api.Page, chat_messages: list[str]

@@ -34,6 +34,7 @@ from browsergym.core.env import BrowserEnv
 from websynthesis.data.tasks import Task
 from websynthesis.env import miniwob
 from websynthesis.env.browser import LaunchOptions
+from websynthesis.env.login import LoginSettings
 from websynthesis.env.observe import observation_fields
 from websynthesis.env.webarena import WebArenaTask, resolve_url
 
@@ -56,6 +57,7 @@ class WorkerSpec:
     headless: bool = True
     webarena_tasks: dict[str, Task] = field(default_factory=dict)
     site_urls: dict[str, str] = field(default_factory=dict)
+    login: LoginSettings | None = None  # None: tasks start logged out
 
 
 class RequestError(ValueError):
@@ -172,6 +174,7 @@ class Session:
             return WebArenaTask, {
                 "task": self.spec.webarena_tasks[name],
                 "site_urls": self.spec.site_urls,
+                "login": self.spec.login,
             }
         try:
             return miniwob.task_class(name), {"base_url": self.spec.miniwob_url}

@@ -215,6 +215,7 @@ class BatchingBackend:
         return json.dumps(
             [
                 request.messages,
+                request.prompt,
                 request.model,
                 request.grammar,
                 sampling.temperature,
@@ -222,6 +223,7 @@ class BatchingBackend:
                 sampling.max_new_tokens,
                 sampling.n,
                 sampling.seed,
+                sampling.logprobs,
             ],
             sort_keys=True,
             ensure_ascii=False,

@@ -67,8 +67,12 @@ CREATE TABLE IF NOT EXISTS samples (
 
 
 def is_cacheable(request: GenerationRequest) -> bool:
-    """Greedy or seeded requests repeat; unseeded sampling does not and is never cached."""
-    return request.sampling.temperature == 0 or request.sampling.seed is not None
+    """Greedy or seeded requests repeat; unseeded sampling does not and is never cached,
+    nor is a request for logprobs (the cache keeps texts only)."""
+    sampling = request.sampling
+    if sampling.logprobs is not None:
+        return False
+    return sampling.temperature == 0 or sampling.seed is not None
 
 
 @dataclass
@@ -171,6 +175,8 @@ class CachedBackend:
             "seed": sampling.seed,
             "grammar": request.grammar,
         }
+        if request.prompt is not None:  # only then: the keys of chat requests stay as they were
+            material["prompt"] = request.prompt
         keys = []
         for index in range(sampling.n):
             canonical = json.dumps(

@@ -39,7 +39,7 @@ from transformers import LogitsProcessor
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from websynthesis.web.action_sets import WEBARENA_ACTIONS
-from websynthesis.web.actions import ANSWER_PHRASE, ActionKind
+from websynthesis.web.actions import ANSWER_PHRASE, KEY_NAMES, ActionKind
 
 FENCE = "```"
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # "[10:34:52] /project/cpp/x.cc:820: "
@@ -49,7 +49,8 @@ _UTF8_SLACK = 3
 # Printable ASCII without space, brackets and backtick: what ids, keys and URLs are made of.
 _WORD_CHAR = r"[!-Z\\^_a-~]"
 _TEXT_CHAR = r"[ !-Z\\^_a-~]"  # the same plus space: typed text and answers
-_MAX_KEYS, _MAX_KEY_CHARS = 3, 12  # press [Control+Shift+ArrowDown]
+_MAX_KEYS = 3  # press [Control+Shift+ArrowDown]
+_MAX_KEY_CHARS = max(len(name) for name in KEY_NAMES)
 
 
 # --- grammar builders ---------------------------------------------------------------------
@@ -132,7 +133,7 @@ def action_grammar(
         "reasoning ::= [^`]*",
         f"answer ::= {_literal(f'{ANSWER_PHRASE} {FENCE}')} action {_literal(FENCE)}",
         "action ::= " + " | ".join(actions),
-        f"key ::= [A-Za-z0-9_-]{{1,{_MAX_KEY_CHARS}}}",
+        "key ::= [a-z0-9] | " + " | ".join(_literal(name) for name in KEY_NAMES),
         f"url ::= {_WORD_CHAR}{{1,{max_text_chars}}}",
         # Starts with a non-space, so it is never blank once stripped.
         f"text ::= {_WORD_CHAR} {_TEXT_CHAR}{{0,{max_text_chars - 1}}}",

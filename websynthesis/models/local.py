@@ -100,7 +100,13 @@ from websynthesis.models.grammar import (
 )
 from websynthesis.models.loading import load_model, load_tokenizer, resolve_model_path
 from websynthesis.models.prompt_tokens import PromptTokenizer
-from websynthesis.models.types import Generation, GenerationRequest, Sampling, derive_seed
+from websynthesis.models.types import (
+    Generation,
+    GenerationRequest,
+    Sampling,
+    TokenLogprob,
+    derive_seed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +119,7 @@ CALL_COST_TOKENS = 128
 # Finished rows leave the decode batch once they are 1/COMPACT_WHEN of it: compacting copies
 # the rows' generated keys, decoding a finished row costs its share of every step.
 COMPACT_WHEN = 8
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 
 
 @dataclass
@@ -351,11 +358,19 @@ class LocalBackend:
         s = request.sampling
         if s.n < 1 or s.max_new_tokens < 1 or s.temperature < 0 or not 0 < s.top_p <= 1:
             raise _Rejected("bad_request", f"invalid sampling {s}")
+        if s.logprobs is not None:
+            if not 0 <= s.logprobs <= MAX_TOP_LOGPROBS:
+                raise _Rejected("bad_request", f"logprobs must be 0..{MAX_TOP_LOGPROBS}")
+            if not (self.cascade_decode and self._cascade_supported):
+                raise _Rejected("bad_request", "logprobs need the cascade decode (Qwen2 models)")
         if request.model is not None and request.model not in self.adapters:
             known = ", ".join(sorted(self.adapters)) or "none"
             raise _Rejected("not_found", f"unknown adapter {request.model!r} (loaded: {known})")
         try:
-            prompt = self._prompt_ids(request.messages)
+            if request.prompt is not None:
+                prompt = self._prompt_ids.text_ids(request.prompt)
+            else:
+                prompt = self._prompt_ids(request.messages)
         except Exception as error:  # a template may raise on roles or content it refuses
             raise _Rejected("bad_request", f"chat template: {error}") from None
         if len(prompt) + s.max_new_tokens > self.context_length:
@@ -430,8 +445,8 @@ class LocalBackend:
                 sampling.max_new_tokens,
             )
             names = [item.adapter for item in row_items] if mixed else None
-            tokens = self._decode(cascade, row_items, sample_index, sampling, names)
-        return self._collect(chunk, ns, tokens)
+            tokens, logprobs = self._decode(cascade, row_items, sample_index, sampling, names)
+        return self._collect(chunk, ns, tokens, logprobs)
 
     def _prefill_tree(
         self, prompts: list[tuple[str, list[int]]], adapters: list[str], mixed: bool
@@ -575,9 +590,16 @@ class LocalBackend:
         sample_index: list[int],
         sampling: Sampling,
         names: list[str] | None,
-    ) -> list[list[int]]:
-        """Decode every row to its end-of-turn or the budget; finished rows leave the batch."""
+    ) -> tuple[list[list[int]], list[list[_Logprob]] | None]:
+        """Decode every row to its end-of-turn or the budget; finished rows leave the batch.
+
+        With a request for logprobs in the chunk, each row's tokens also get their
+        log-probabilities under the model (before the grammar's mask and the temperature)
+        and the chunk's largest ``top`` alternatives."""
         stops = set(self.stop_token_ids)
+        wanted = [item.request.sampling.logprobs for item in row_items]
+        top = max((k for k in wanted if k is not None), default=None)
+        logprobs: list[list[_Logprob]] | None = None if top is None else [[] for _ in row_items]
         grammar = None
         if any(item.constraint for item in row_items):
             grammar = BatchGrammarMasks(
@@ -610,10 +632,13 @@ class LocalBackend:
                     .logits[:, -1]
                     .float()
                 )
+                raw = logits.log_softmax(dim=-1) if top is not None else None
                 if grammar is not None:
                     grammar.mask(logits, rows, last)
                 ids = chooser.choose(logits, rows)
                 last = ids.tolist()
+                if raw is not None and logprobs is not None:
+                    _record(logprobs, rows, done, raw, ids, top or 0)
                 for row, token in zip(rows, last, strict=True):
                     if not done[row]:
                         tokens[row].append(token)
@@ -630,7 +655,7 @@ class LocalBackend:
                     rows = [rows[k] for k in keep]
                     last = [last[k] for k in keep]
                     names = [names[k] for k in keep] if names else None
-        return tokens
+        return tokens, logprobs
 
     @contextlib.contextmanager
     def _cascade_attention(self) -> Iterator[None]:
@@ -797,22 +822,64 @@ class LocalBackend:
         return processors
 
     def _collect(
-        self, chunk: list[_Item], ns: list[int], new_tokens: list[list[int]]
+        self,
+        chunk: list[_Item],
+        ns: list[int],
+        new_tokens: list[list[int]],
+        logprobs: list[list[_Logprob]] | None = None,
     ) -> list[Generation]:
-        """Texts up to the end-of-turn token, reasons and token counts, per request."""
+        """Texts up to the end-of-turn token, reasons and token counts (and the logprobs of
+        the text's tokens, where asked), per request."""
         stops = set(self.stop_token_ids)
         generations = []
-        rows = iter(new_tokens)
+        rows = iter(range(len(new_tokens)))
         for item, n in zip(chunk, ns, strict=True):
             generation = Generation(texts=[], prompt_tokens=len(item.prompt))
-            for tokens in (next(rows) for _ in range(n)):
+            top = item.request.sampling.logprobs
+            if top is not None and logprobs is not None:
+                generation.logprobs = []
+            for row in (next(rows) for _ in range(n)):
+                tokens = new_tokens[row]
                 end = next((k for k, t in enumerate(tokens) if t in stops), None)
                 text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
                 generation.texts.append(text)
                 generation.finish_reasons.append("length" if end is None else "stop")
                 generation.completion_tokens += len(tokens) if end is None else end + 1
+                if generation.logprobs is not None and logprobs is not None and top is not None:
+                    kept = logprobs[row][: len(tokens) if end is None else end]
+                    generation.logprobs.append([self._token_logprob(lp, top) for lp in kept])
             generations.append(generation)
         return generations
+
+    def _token_logprob(self, logprob: _Logprob, top: int) -> TokenLogprob:
+        token, value, alternatives = logprob
+        decode = self.tokenizer.decode
+        return TokenLogprob(
+            decode([token]), value, tuple((decode([t]), v) for t, v in alternatives[:top])
+        )
+
+
+_Logprob = tuple[int, float, list[tuple[int, float]]]  # token, its logprob, the top ones
+
+
+def _record(
+    logprobs: list[list[_Logprob]],
+    rows: Sequence[int],
+    done: Sequence[bool],
+    raw: torch.Tensor,
+    ids: torch.Tensor,
+    top: int,
+) -> None:
+    """Append each unfinished row's chosen token, its log-probability and the ``top``
+    likeliest tokens of ``raw`` (the model's log-softmax) to its list."""
+    chosen = raw.gather(1, ids[:, None]).squeeze(1).tolist()
+    best = raw.topk(top, dim=-1) if top else None
+    best_ids = best.indices.tolist() if best is not None else [[] for _ in rows]
+    best_values = best.values.tolist() if best is not None else [[] for _ in rows]
+    for k, row in enumerate(rows):
+        if not done[row]:
+            pairs = list(zip(best_ids[k], best_values[k], strict=True))
+            logprobs[row].append((int(ids[k]), float(chosen[k]), pairs))
 
 
 # --- the shared KV cache of the decode loop -----------------------------------------------

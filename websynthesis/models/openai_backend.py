@@ -37,7 +37,7 @@ from typing import Any, Literal
 import openai
 from openai import AsyncOpenAI
 
-from websynthesis.models.types import Generation, GenerationRequest, derive_seed
+from websynthesis.models.types import Generation, GenerationRequest, TokenLogprob, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,11 @@ class OpenAIBackend:
         )
 
     @property
+    def carries_grammars(self) -> bool:
+        """Whether requests' grammars reach the server (``grammar_mode`` names its dialect)."""
+        return self.grammar_mode != "none"
+
+    @property
     def cache_identity(self) -> dict[str, Any]:
         """What makes answers of this backend differ from another's (see ``cache.py``): the
         server (its URL), its grammar dialect and extra request fields, the served model,
@@ -279,6 +284,7 @@ class OpenAIBackend:
         wanted = request.sampling.n
         texts: list[str] = []
         reasons: list[str] = []
+        logprobs: list[list[TokenLogprob]] = []
         prompt_tokens = completion_tokens = 0
         while len(texts) < wanted:
             n = wanted - len(texts)
@@ -308,13 +314,17 @@ class OpenAIBackend:
                     error="bad_response: the server returned no choices",
                 )
             for choice in sorted(response.choices, key=lambda c: c.index)[:n]:
-                texts.append(choice.message.content or "")
+                text = choice.text if request.prompt is not None else choice.message.content
+                texts.append(text or "")
+                if request.sampling.logprobs is not None:
+                    logprobs.append(_token_logprobs(choice.logprobs, request.prompt is not None))
                 reasons.append(choice.finish_reason or "")
         return Generation(
             texts=texts,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             finish_reasons=reasons,
+            logprobs=logprobs if request.sampling.logprobs is not None else None,
         )
 
     async def _call(
@@ -325,17 +335,28 @@ class OpenAIBackend:
         seed: int | None,
         grammar_body: Mapping[str, Any],
     ) -> Any:
-        """One chat completion, retried on transient failures; raises :class:`_CallFailed`."""
+        """One chat completion (a text completion for a raw ``prompt``), retried on transient
+        failures; raises :class:`_CallFailed`."""
         sampling = request.sampling
         kwargs: dict[str, Any] = {
             "model": request.model or self.model,
-            "messages": list(request.messages),
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "n": n,
-            self.max_tokens_field: sampling.max_new_tokens,
             "timeout": self.timeout_s,
         }
+        top = sampling.logprobs
+        if request.prompt is not None:
+            endpoint = state.client.completions
+            kwargs |= {"prompt": request.prompt, "max_tokens": sampling.max_new_tokens}
+            if top is not None:
+                kwargs["logprobs"] = top
+        else:
+            endpoint = state.client.chat.completions
+            kwargs["messages"] = list(request.messages)
+            kwargs[self.max_tokens_field] = sampling.max_new_tokens
+            if top is not None:
+                kwargs |= {"logprobs": True, "top_logprobs": top}
         if seed is not None:
             kwargs["seed"] = seed
         extra_body = self.extra_body | dict(grammar_body)
@@ -345,7 +366,7 @@ class OpenAIBackend:
             async with state.semaphore:
                 self.stats.calls += 1
                 try:
-                    return await state.client.chat.completions.create(**kwargs)
+                    return await endpoint.create(**kwargs)
                 except openai.APIError as exc:
                     kind, message = self._classify(exc)
                     retry_after = _retry_after(exc)
@@ -394,6 +415,24 @@ class OpenAIBackend:
     def _mask(self, text: str) -> str:
         key = self._read_key()
         return text.replace(key, "***") if len(key) >= 8 else text
+
+
+def _token_logprobs(given: Any, completion: bool) -> list[TokenLogprob]:
+    """A choice's ``logprobs`` (chat: ``content`` entries; completions: parallel lists)."""
+    if given is None:
+        return []
+    if completion:
+        tokens = given.tokens or []
+        values = given.token_logprobs or [0.0] * len(tokens)
+        tops = given.top_logprobs or [{}] * len(tokens)
+        return [
+            TokenLogprob(token, float(value or 0.0), tuple((top or {}).items()))
+            for token, value, top in zip(tokens, values, tops, strict=False)
+        ]
+    return [
+        TokenLogprob(t.token, t.logprob, tuple((a.token, a.logprob) for a in t.top_logprobs or []))
+        for t in given.content or []
+    ]
 
 
 def _plain(value: Any) -> Any:

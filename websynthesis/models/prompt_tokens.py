@@ -47,6 +47,10 @@ class PromptTokenizer:
         text = self.tokenizer.apply_chat_template(
             list(messages), add_generation_prompt=True, tokenize=False
         )
+        return self.text_ids(text)
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of raw ``text`` (a rendered prompt, or a completion request's prompt)."""
         if self._cut is None:
             return self._encode(text)
         ids: list[int] = []

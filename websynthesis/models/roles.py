@@ -338,10 +338,47 @@ class OutcomeStats:
     def to_dict(self) -> dict[str, Any]:
         return {name: outcomes.to_dict() for name, outcomes in sorted(self.roles.items())}
 
+    def failed_roles(self) -> dict[str, dict[str, int]]:
+        """Roles asked at least once whose every attempt failed in the backend (a server
+        unreachable, a request refused), with those failures counted by kind."""
+        failed = {}
+        for name, outcomes in sorted(self.roles.items()):
+            tried = sum(outcomes.attempts.values())
+            if tried and outcomes.attempts[Failure.BACKEND_ERROR] == tried:
+                prefix = f"{Failure.BACKEND_ERROR}/"
+                failed[name] = {
+                    reason.removeprefix(prefix) or "unknown": count
+                    for reason, count in sorted(outcomes.reasons.items())
+                    if reason.startswith(prefix)
+                } or {"unknown": tried}
+        return failed
+
+    def require_answers(self) -> None:
+        """Raise :class:`RolesFailed` when a role's every call failed: a run whose policy or
+        world model never answered made nothing, however long it ran."""
+        failed = self.failed_roles()
+        if failed:
+            raise RolesFailed(failed)
+
     def merge(self, other: OutcomeStats | Mapping[str, Any]) -> None:
         data = other.to_dict() if isinstance(other, OutcomeStats) else other
         for name, outcomes in data.items():
             self.role(name).add(outcomes)
+
+
+class RolesFailed(RuntimeError):
+    """Every call of these roles failed in their backends; ``failed`` counts why."""
+
+    def __init__(self, failed: Mapping[str, Mapping[str, int]]) -> None:
+        self.failed = {role: dict(kinds) for role, kinds in failed.items()}
+        parts = []
+        for role, kinds in self.failed.items():
+            counts = ", ".join(f"{kind} {count}" for kind, count in kinds.items())
+            parts.append(f"{role} ({sum(kinds.values())} calls: {counts})")
+        super().__init__(
+            f"every call of {'; '.join(parts)} failed in its backend: check model.backend "
+            "and model.role_backends (the server's address, key and what it serves)"
+        )
 
 
 # --- the client ------------------------------------------------------------------------
@@ -370,11 +407,12 @@ class ModelClient:
     def from_config(
         cls, cfg: Any, *, backend: Backend | None = None, usage: UsageTracker | None = None
     ) -> ModelClient:
-        """Build from a model config (``cfg.model``); the backend is instantiated unless given."""
+        """Build from a model config (``cfg.model``); the backend (and the role backends,
+        :mod:`websynthesis.models.routing`) is instantiated unless given."""
         if backend is None:
-            from hydra.utils import instantiate  # Hydra is only needed on this path
+            from websynthesis.models.routing import routed_backend
 
-            backend = instantiate(cfg.backend)
+            backend = routed_backend(cfg)
         adapters = dict(cfg.get("adapters") or {})
         roles = {
             name: Role(name, RoleSettings.from_config(role_cfg, adapters))

@@ -31,7 +31,9 @@ class Sampling:
     """Sampling parameters of one request.
 
     ``temperature == 0`` means greedy decoding. ``seed`` makes sampling
-    reproducible (and is part of the response-cache key).
+    reproducible (and is part of the response-cache key). ``logprobs``: ``None`` for
+    none, ``k`` for each generated token's log-probability and the ``k`` likeliest
+    tokens' at its position (the model's own distribution, before temperature and grammar).
     """
 
     temperature: float = 0.0
@@ -39,6 +41,16 @@ class Sampling:
     max_new_tokens: int = 256
     n: int = 1
     seed: int | None = None
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token, its log-probability, and the likeliest tokens at its position."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,8 @@ class GenerationRequest:
     GBNF dialect, root rule ``root``) that the *whole* assistant output must
     match; backends that cannot enforce it say so in ``Generation.error``
     rather than silently ignoring it. ``role`` is used for accounting only.
+    ``prompt``, when given, is raw text the model continues as it is (a
+    ``/v1/completions`` request): no chat template, and ``messages`` is empty.
     """
 
     messages: tuple[Message, ...]
@@ -57,6 +71,7 @@ class GenerationRequest:
     model: str | None = None
     grammar: str | None = None
     role: str = ""
+    prompt: str | None = None
 
 
 @dataclass
@@ -69,6 +84,7 @@ class Generation:
     finish_reasons: list[str] = field(default_factory=list)
     cached: bool = False
     error: str | None = None
+    logprobs: list[list[TokenLogprob]] | None = None  # per text, when the request asked
 
     @property
     def ok(self) -> bool:

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
@@ -45,6 +44,7 @@ from websynthesis.evaluation.wmla import LookAheadConfig, LookAheadPlanner
 from websynthesis.io import atomic_write_json
 from websynthesis.models.batching import BatchingBackend
 from websynthesis.models.roles import ModelClient
+from websynthesis.models.routing import routed_backend
 from websynthesis.web.action_sets import action_set
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def model_client(cfg: DictConfig) -> ModelClient:
     model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
     if cfg.eval.temperature is not None:
         model.roles.policy.temperature = float(cfg.eval.temperature)
-    backend = BatchingBackend(instantiate(model.backend))
+    backend = BatchingBackend(routed_backend(model))
     return ModelClient.from_config(model, backend=backend)
 
 
@@ -216,6 +216,7 @@ async def _run_episodes(
         await asyncio.to_thread(pool.close)
         client.close()
     atomic_write_json(out / "model_stats.json", client.stats.to_dict())
+    client.stats.require_answers()
 
 
 def _report(episode: Episode) -> None:

@@ -50,7 +50,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
@@ -61,6 +60,7 @@ from websynthesis.env.base import EnvError
 from websynthesis.models.batching import BatchingBackend
 from websynthesis.models.cache import CachedBackend
 from websynthesis.models.roles import ModelClient
+from websynthesis.models.routing import routed_backend
 from websynthesis.models.types import Backend
 from websynthesis.models.usage import UsageTracker
 from websynthesis.search import SearchEngine, SearchResult, StopReason, TreeTask
@@ -102,8 +102,9 @@ class BackendStack:
 
 
 def build_backend(cfg: DictConfig, backend: Backend | None = None) -> BackendStack:
-    """``cfg.model.backend`` (or ``backend``), cached, then batched, as configured."""
-    inner = backend if backend is not None else instantiate(cfg.model.backend)
+    """``cfg.model.backend`` and its role backends (or ``backend``), cached, then batched,
+    as configured."""
+    inner = backend if backend is not None else routed_backend(cfg.model)
     cache = None
     if cfg.model.cache:
         path = Path(cfg.paths.cache_dir) / "responses" / f"{cfg.model.name}.sqlite"
@@ -300,6 +301,7 @@ class Synthesis:
                 "with a larger budget to continue",
                 self.unstarted,
             )
+        self.client.stats.require_answers()
         if self.errors:
             failed = ", ".join(error["task_id"] for error in self.errors)
             raise RuntimeError(

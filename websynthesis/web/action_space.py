@@ -133,6 +133,16 @@ _ID_RE = re.compile(r"[A-Za-z]*[0-9]+")
 _TAB_INDEX_RE = re.compile(r"[0-9]+")
 _KEYS_RE = re.compile(r"[^\s\[\]]+")
 _KEY_JOIN_RE = re.compile(r"\s*\+\s*")
+# The keys ``press`` takes, as Playwright names them (``keyboard.press``, which BrowserGym's
+# ``keyboard_press`` calls): modifiers, named keys, and any single printable character.
+# A made-up name ("press [submitform]") is refused by the browser, so it is no action.
+KEY_NAMES = (
+    "Control", "Shift", "Alt", "Meta", "ControlOrMeta",
+    "Enter", "Tab", "Escape", "Backspace", "Delete", "Insert", "Space",
+    "ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Home", "End", "PageUp", "PageDown",
+    *(f"F{n}" for n in range(1, 13)),
+)  # fmt: skip
+_KEY_BY_NAME = {name.casefold(): name for name in KEY_NAMES}
 _DIRECTION_PREFIX_RE = re.compile(r"direction\s*=\s*", re.IGNORECASE)
 # The enter flag of ``type``: a bare integer, or WebEvolver's ``press_enter_after=<v>``.
 _FLAG_RE = re.compile(r"press_enter_after\s*=\s*(?P<named>.*)|(?P<bare>-?[0-9]+)", re.IGNORECASE)
@@ -603,6 +613,7 @@ def _canonical_text(kind: ActionKind, text: object) -> str | None:
         text = _KEY_JOIN_RE.sub("+", text)
         if not _KEYS_RE.fullmatch(text):
             raise ActionParseError(reason, f"not a key combination: {_show(text)}")
+        text = _key_combination(text, reason)
     elif kind is ActionKind.SCROLL:
         text = text.casefold()
         if text not in _DIRECTIONS:
@@ -623,6 +634,24 @@ _TEXT_REASONS = {
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def _key_combination(text: str, reason: Reason) -> str:
+    """``text`` with each key's canonical name (``enter`` -> ``Enter``); a key that is
+    neither a name of :data:`KEY_NAMES` nor one character raises :class:`ActionParseError`.
+    A lone ``+`` is the plus key."""
+    if text == "+":
+        return text
+    keys = []
+    for key in text.split("+"):
+        if len(key) == 1:
+            keys.append(key)
+            continue
+        name = _KEY_BY_NAME.get(key.casefold())
+        if name is None:
+            raise ActionParseError(reason, f"not a key: {_show(key)} (in {_show(text)})")
+        keys.append(name)
+    return "+".join(keys)
 
 
 def _collapse(text: str) -> str:

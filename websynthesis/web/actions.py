@@ -36,6 +36,7 @@ from typing import TypeVar
 from websynthesis.web.action_space import (
     BROWSERGYM_SCROLL_PX,
     ELEMENT_KINDS,
+    KEY_NAMES,
     SELECTABLE_ROLES,
     TYPEABLE_ROLES,
     Action,
@@ -55,6 +56,7 @@ __all__ = [
     "ANSWER_PHRASE",
     "BROWSERGYM_SCROLL_PX",
     "ELEMENT_KINDS",
+    "KEY_NAMES",
     "SELECTABLE_ROLES",
     "TYPEABLE_ROLES",
     "AXNodeLike",
