@@ -718,7 +718,9 @@ def test_press_takes_playwright_key_names_canonically(text: str, keys: str) -> N
     assert parse_action(text).text == keys
 
 
-@pytest.mark.parametrize("text", ["press [submitform]", "press [Control+sub]", "press [ENTR]"])
+@pytest.mark.parametrize(
+    "text", ["press [submitform]", "press [Control+sub]", "press [ENTR]", "press [é]"]
+)
 def test_press_refuses_made_up_key_names(text: str) -> None:
     """The browser refuses them, so an action that names one is no action at all."""
     with pytest.raises(ActionParseError, match="not a key") as caught:

@@ -632,12 +632,12 @@ class LocalBackend:
                     .logits[:, -1]
                     .float()
                 )
-                raw = logits.log_softmax(dim=-1) if top is not None else None
+                raw = logits.log_softmax(dim=-1) if logprobs is not None else None
                 if grammar is not None:
                     grammar.mask(logits, rows, last)
                 ids = chooser.choose(logits, rows)
                 last = ids.tolist()
-                if raw is not None and logprobs is not None:
+                if logprobs is not None and raw is not None:
                     _record(logprobs, rows, done, raw, ids, top or 0)
                 for row, token in zip(rows, last, strict=True):
                     if not done[row]:
@@ -836,7 +836,8 @@ class LocalBackend:
         for item, n in zip(chunk, ns, strict=True):
             generation = Generation(texts=[], prompt_tokens=len(item.prompt))
             top = item.request.sampling.logprobs
-            if top is not None and logprobs is not None:
+            wanted = logprobs if top is not None else None
+            if wanted is not None:
                 generation.logprobs = []
             for row in (next(rows) for _ in range(n)):
                 tokens = new_tokens[row]
@@ -845,9 +846,9 @@ class LocalBackend:
                 generation.texts.append(text)
                 generation.finish_reasons.append("length" if end is None else "stop")
                 generation.completion_tokens += len(tokens) if end is None else end + 1
-                if generation.logprobs is not None and logprobs is not None and top is not None:
-                    kept = logprobs[row][: len(tokens) if end is None else end]
-                    generation.logprobs.append([self._token_logprob(lp, top) for lp in kept])
+                if wanted is not None and generation.logprobs is not None:
+                    kept = wanted[row][: len(tokens) if end is None else end]
+                    generation.logprobs.append([self._token_logprob(lp, top or 0) for lp in kept])
             generations.append(generation)
         return generations
 

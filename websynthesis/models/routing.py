@@ -84,20 +84,19 @@ def routed_backend(model_cfg: Any) -> Backend:
         for role, node in (model_cfg.get("role_backends") or {}).items()
         if node is not None
     }
-    unknown = sorted(set(by_role) - set(model_cfg.roles))
-    if unknown:
-        _close(default, by_role)
-        raise ValueError(
-            f"model.role_backends names {unknown}, which are not roles "
-            f"(roles: {sorted(model_cfg.roles)})"
-        )
-    backend: Backend = RoleRouter(default, by_role) if by_role else default
+    router = RoleRouter(default, by_role)
     try:
-        check_constraints(model_cfg.roles, backend)
+        unknown = sorted(set(by_role) - set(model_cfg.roles))
+        if unknown:
+            raise ValueError(
+                f"model.role_backends names {unknown}, which are not roles "
+                f"(roles: {sorted(model_cfg.roles)})"
+            )
+        check_constraints(model_cfg.roles, router)
     except ValueError:
-        _close(default, by_role)
+        router.close()
         raise
-    return backend
+    return router if by_role else default
 
 
 def check_constraints(roles: Mapping[str, Any], backend: Backend) -> None:
@@ -131,8 +130,3 @@ def _routed(backend: Backend, role: str) -> bool:
 
 def _identity(backend: Backend) -> Any:
     return getattr(backend, "cache_identity", None)
-
-
-def _close(default: Backend, by_role: Mapping[str, Backend]) -> None:
-    for backend in [default, *by_role.values()]:
-        backend.close()

@@ -212,8 +212,9 @@ class Evidence:
         """``explore.attempts`` episodes per training instance, taken in turn by the
         ``explore.explorers`` (each in ``out/<explorer>``): attempt ``a`` is explorer
         ``a % len(explorers)``'s."""
-        for index, explorer in enumerate(self._explorers()):
-            attempts = len(range(index, int(self.cfg.explore.attempts), len(self._explorers())))
+        explorers = self._explorers()
+        for index, explorer in enumerate(explorers):
+            attempts = len(range(index, int(self.cfg.explore.attempts), len(explorers)))
             if attempts:
                 self._evaluate(
                     out / explorer,

@@ -134,7 +134,8 @@ _TAB_INDEX_RE = re.compile(r"[0-9]+")
 _KEYS_RE = re.compile(r"[^\s\[\]]+")
 _KEY_JOIN_RE = re.compile(r"\s*\+\s*")
 # The keys ``press`` takes, as Playwright names them (``keyboard.press``, which BrowserGym's
-# ``keyboard_press`` calls): modifiers, named keys, and any single printable character.
+# ``keyboard_press`` calls): modifiers, named keys, and one printable ASCII character (the US
+# layout Playwright types with has no "é").
 # A made-up name ("press [submitform]") is refused by the browser, so it is no action.
 KEY_NAMES = (
     "Control", "Shift", "Alt", "Meta", "ControlOrMeta",
@@ -638,13 +639,13 @@ _TEXT_REASONS = {
 
 def _key_combination(text: str, reason: Reason) -> str:
     """``text`` with each key's canonical name (``enter`` -> ``Enter``); a key that is
-    neither a name of :data:`KEY_NAMES` nor one character raises :class:`ActionParseError`.
-    A lone ``+`` is the plus key."""
+    neither a name of :data:`KEY_NAMES` nor one printable ASCII character raises
+    :class:`ActionParseError`. A lone ``+`` is the plus key."""
     if text == "+":
         return text
     keys = []
     for key in text.split("+"):
-        if len(key) == 1:
+        if len(key) == 1 and key.isascii() and key.isprintable():
             keys.append(key)
             continue
         name = _KEY_BY_NAME.get(key.casefold())
