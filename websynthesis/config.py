@@ -166,8 +166,8 @@ class TrainDataConfig(DataConfig):
     few-shot examples). The source fields (``trajectories_dir``, ``transitions``,
     ``imagined``, ``external``, ``textui``, ``world_model``, and for the ``reward`` and
     ``judge`` mixes ``episodes`` (evaluate.py run dirs), ``trees`` (live-browser
-    synthesize.py run dirs or trees.jsonl files) and ``reward`` (``unresolved``, ``balance``))
-    are read by the mix builders: see ``websynthesis.data.mixes``.
+    synthesize.py run dirs or trees.jsonl files) and ``reward`` (``unresolved``,
+    ``refused``, ``balance``)) are read by the mix builders: see ``websynthesis.data.mixes``.
     """
 
     trajectories_dir: str | None = None

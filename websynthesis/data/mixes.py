@@ -29,8 +29,9 @@ run dirs: ``episodes.jsonl`` + ``transitions.jsonl``) and ``trees`` (synthesize.
 ``world=browser`` run dirs or their ``trees.jsonl``; imagined trees are skipped), label each
 step by the environment's outcomes (on a path to a success: high or the middle level; no
 success below: low) in the student's reward and judge prompts and scales; ``reward.unresolved``
-(``skip``/``low``: search leaves never resolved) and ``reward.balance`` (draw the larger of
-good and bad down to the smaller) tune both.
+(``skip``/``low``: search leaves never resolved), ``reward.refused`` (``low``, the default: a
+step whose action the live page refused is low; ``tree``: labelled like any other) and
+``reward.balance`` (draw the larger of good and bad down to the smaller) tune them.
 
 The teacher is a :class:`~websynthesis.models.roles.ModelClient` or a bare backend (wrap it in a
 :class:`~websynthesis.models.cache.CachedBackend` so rebuilds replay). Prompts follow the
@@ -251,8 +252,9 @@ def _outcome_mix(name: str) -> Builder:
         balance, seed = bool(settings.get("balance", False)), _seed(data_cfg)
         if name == "reward":
             unresolved = str(settings.get("unresolved", "skip"))
+            refused = str(settings.get("refused", "low"))
             steps = labelled_steps(
-                outcomes, role.settings.scale, unresolved=unresolved, counts=counts
+                outcomes, role.settings.scale, unresolved=unresolved, refused=refused, counts=counts
             )
             found = reward_examples(steps, role, balance=balance, seed=seed, counts=counts)
         else:

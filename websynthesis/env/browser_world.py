@@ -173,7 +173,8 @@ class LiveBrowserWorld(BrowserWorld):
             if result.error is not None:
                 self.stats.failures += 1
                 return Transition(state, error=result.error)
-            after = state.after(action, result.observation.tree)
+            refused = result.observation.last_action_error
+            after = state.after(action, result.observation.tree, refused=refused)
             ended = result.done or result.truncated
             if not ended:
                 self._positions[id(env)] = (state.task_id, after.actions)
