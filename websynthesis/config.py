@@ -246,7 +246,9 @@ class EnvConfig:
     (``click-button``) or WebArena task ids. ``browser_path``: a Chromium binary (``null``:
     ``$WEBSYNTHESIS_CHROMIUM``, else the system Chromium on ``PATH``). A step (a reset)
     taking longer than ``step_timeout_s`` (``reset_timeout_s``) is a browser failure: the
-    browser is killed and the episode recorded as an error. ``max_steps`` truncates an
+    browser is killed and the episode recorded as an error. ``action_timeout_ms``: how long
+    each Playwright call of an action waits (BrowserGym's fixed 500 is outlasted by valid
+    clicks on a loaded machine: websynthesis/env/worker.py). ``max_steps`` truncates an
     episode. ``pool_size`` browsers run episodes in parallel. ``miniwob_url``: the base URL
     of a MiniWoB++ server (``null``: the pages of the ``miniwob`` package, as ``file://``).
     ``site_urls``: WebArena site -> base URL (browsergym-webarena's ``WA_*`` conventions).
@@ -265,6 +267,7 @@ class EnvConfig:
     browser_path: str | None = None
     step_timeout_s: float = 30.0
     reset_timeout_s: float = 60.0
+    action_timeout_ms: int = 2000
     max_steps: int = 15
     pool_size: int = 1
     miniwob_url: str | None = None
