@@ -11,8 +11,8 @@ import pytest
 
 from websynthesis.config import EnvConfig
 from websynthesis.data.tasks import Task
-from websynthesis.env.browser_world import LiveBrowserWorld
 from websynthesis.env.pool import EnvPool
+from websynthesis.synthesis.browser_world import LiveBrowserWorld
 from websynthesis.synthesis.state import WebState
 from websynthesis.web.actions import parse_action
 

@@ -88,7 +88,7 @@ def test_the_readme_has_usage_commands_for_every_entry_point() -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_each_readme_command_composes(command: str) -> None:
     entry, overrides, _ = entry_and_overrides(command)
-    if entry == "websynthesis.search.view":  # argparse, not Hydra: its --help must work
+    if entry == "websynthesis.synthesis.view":  # argparse, not Hydra: its --help must work
         result = subprocess.run(
             [sys.executable, "-m", entry, "--help"], cwd=ROOT, capture_output=True, text=True
         )

@@ -19,8 +19,14 @@ from typing import Any
 
 import pytest
 
-from websynthesis.data.mixes import build_mix, student_role
-from websynthesis.data.reward_data import (
+from websynthesis.models.parsing import ScoreScale, parse_judge, parse_reward
+from websynthesis.models.prompts import JudgeInput, RewardInput
+from websynthesis.models.roles import Role, RoleSettings
+from websynthesis.search import Node, SearchConfig, SearchResult, StopReason, TerminalKind
+from websynthesis.search.result import TreeStats
+from websynthesis.synthesis.state import WebState, encode_action, history
+from websynthesis.training.mixes import build_mix, student_role
+from websynthesis.training.reward_data import (
     DEAD,
     PROGRESS,
     REFUSED,
@@ -33,12 +39,6 @@ from websynthesis.data.reward_data import (
     reward_examples,
     reward_target,
 )
-from websynthesis.models.parsing import ScoreScale, parse_judge, parse_reward
-from websynthesis.models.prompts import JudgeInput, RewardInput
-from websynthesis.models.roles import Role, RoleSettings
-from websynthesis.search import Node, SearchConfig, SearchResult, StopReason, TerminalKind
-from websynthesis.search.result import TreeStats
-from websynthesis.synthesis.state import WebState, encode_action, history
 from websynthesis.web.actions import parse_action
 from websynthesis.web.observation import parse_axtree
 

@@ -127,7 +127,7 @@ class StageConfig:
     """One curriculum stage: a data mix trained for some steps or epochs at some learning rate.
 
     ``data`` names mixes: keys of ``data.train_files`` (chat JSONL) or builders of
-    ``websynthesis.data.mixes``. ``lr: null`` takes ``optim.lr``. ``trainer.max_steps`` and
+    ``websynthesis.training.mixes``. ``lr: null`` takes ``optim.lr``. ``trainer.max_steps`` and
     ``trainer.max_epochs``, when set, cap every stage (smoke tests, debugging).
     """
 
@@ -167,7 +167,7 @@ class TrainDataConfig(DataConfig):
     ``imagined``, ``external``, ``textui``, ``world_model``, and for the ``reward`` and
     ``judge`` mixes ``episodes`` (evaluate.py run dirs), ``trees`` (live-browser
     synthesize.py run dirs or trees.jsonl files) and ``reward`` (``unresolved``,
-    ``refused``, ``balance``)) are read by the mix builders: see ``websynthesis.data.mixes``.
+    ``refused``, ``balance``)) are read by the mix builders: see ``websynthesis.training.mixes``.
     """
 
     trajectories_dir: str | None = None

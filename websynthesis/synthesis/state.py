@@ -34,7 +34,7 @@ class WebState:
     actions: tuple[Action, ...] = ()
     # Why a live page refused the last action (BrowserGym's ``last_action_error``: the page
     # is unchanged), None when it took it. Only a browser world knows; the reward model's
-    # training data labels such a step a dead end (websynthesis/data/reward_data.py).
+    # training data labels such a step a dead end (websynthesis/training/reward_data.py).
     refused: str | None = None
 
     def after(

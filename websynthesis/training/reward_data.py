@@ -91,6 +91,7 @@ from pathlib import Path
 from typing import Any
 
 from websynthesis.data.chat import ChatExample
+from websynthesis.data.tasks import instance_id
 from websynthesis.data.transitions import action_field, failer, page_field
 from websynthesis.io import DataFileError, read_jsonl
 from websynthesis.models.parsing import Rating, ScoreScale, format_number, format_rating
@@ -272,12 +273,6 @@ def read_outcomes(
     return out
 
 
-def _instance(task: str, seed: int) -> str:
-    from websynthesis.env.browser_world import instance_id  # the search's own task ids
-
-    return instance_id(task, seed)
-
-
 def _read_episodes(run_dir: Path, out: Outcomes, counts: Counter[str]) -> None:
     from websynthesis.data.episodes import read_episodes
 
@@ -300,7 +295,7 @@ def _read_episodes(run_dir: Path, out: Outcomes, counts: Counter[str]) -> None:
         except DataFileError:
             counts["episodes_skipped/bad_row"] += 1
             continue
-        instance = _instance(task, seed)
+        instance = instance_id(task, seed)
         objective = str(episode.steps[0].get("objective") or "")
         history: tuple[Step, ...] = ()
         actions: tuple[str, ...] = ()
