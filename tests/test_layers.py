@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("io", "config", "tracking"),  # files, config schemas, run tracking: no package imports
     ("web",),  # pages, actions, action sets, tree deltas
     ("models",),  # backends and roles
-    ("openai_api",),  # the OpenAI-compatible protocol over a backend
+    ("openai_api", "server"),  # the OpenAI-compatible protocol and HTTP server over a backend
     ("search",),  # the tree search, knowing nothing of the web
     ("data",),  # tasks, chat examples, transitions, episodes: records and their formats
     ("env",),  # live browsers
@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("evaluation",),  # live episodes, fidelity, reward quality, WMLA
     ("evolution",),  # co-evolution's imagination
     ("pipelines",),  # what each entry point runs
-    ("coevolve", "serve", "demo"),  # entry modules
+    ("demo",),  # the demo run
 ]
 
 

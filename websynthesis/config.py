@@ -463,7 +463,7 @@ class StageOverrides:
 
 @dataclass
 class CoevolveConfig:
-    """The co-evolution driver (``python -m websynthesis.coevolve``; conf/coevolve.yaml).
+    """The co-evolution driver (``python coevolve.py``; conf/coevolve.yaml).
 
     ``rounds`` after round 0 on ``tasks`` of ``environment`` (an env config); ``train_seeds``
     are searched and sampled, ``eval_seeds`` (disjoint, checked) only evaluated.
