@@ -13,11 +13,11 @@ from omegaconf import OmegaConf
 
 from websynthesis.config import DataConfig
 from websynthesis.data.chat import ChatExample, write_chat_jsonl
-from websynthesis.data.mixes import MIX_NAMES, build_mix, load_transitions
 from websynthesis.data.transitions import Transition, write_transitions
 from websynthesis.models.prompts import render
 from websynthesis.models.roles import ModelClient
 from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.training.mixes import MIX_NAMES, build_mix, load_transitions
 from websynthesis.web.actions import parse_action
 
 HOME = (

@@ -10,7 +10,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from websynthesis.data.chat import ChatExample
-from websynthesis.data.mixes import build_mix, student_role
 from websynthesis.data.transitions import (
     Transition,
     read_transitions,
@@ -25,6 +24,7 @@ from websynthesis.data.world_model_data import (
 from websynthesis.io import DataFileError
 from websynthesis.models.prompts import PromptStyle, WorldModelInput
 from websynthesis.models.roles import Role, RoleSettings
+from websynthesis.training.mixes import build_mix, student_role
 from websynthesis.web.actions import parse_action
 from websynthesis.web.observation import parse_axtree
 

@@ -131,3 +131,21 @@ def test_evaluate_refuses_bad_configs_before_any_browser(
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "episodes.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "overrides", "expected"),
+    [
+        ("coevolve.py", ["rounds=2"], "rounds: 2"),
+        ("serve.py", ["port=9001"], "port: 9001"),
+    ],
+)
+def test_the_root_entry_points_compose_their_configs(
+    script: str, overrides: list[str], expected: str
+) -> None:
+    """``coevolve.py`` and ``serve.py`` are thin Hydra apps at the root like the other three:
+    ``--cfg job`` composes their config with the overrides and prints it."""
+    result = run_entry(script, "--cfg", "job", *overrides)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
+    assert SECRET not in result.stdout

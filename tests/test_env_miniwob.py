@@ -21,6 +21,7 @@ import pytest
 from websynthesis.config import EnvConfig
 from websynthesis.env.base import EnvError, Observation
 from websynthesis.env.browsergym_env import BrowserGymEnv, make_env
+from websynthesis.env.worker import browsergym_actions
 from websynthesis.web.action_sets import action_set
 from websynthesis.web.actions import Action, ActionKind, listed_options, parse_action
 from websynthesis.web.observation import parse_axtree
@@ -218,3 +219,18 @@ def test_choose_list_is_solved_by_selecting_the_option_directly(
     submit = element(selected.observation, "button", "Submit")
     submitted = env.step(parse_action(f"click [{submit}]"))
     assert (submitted.reward, submitted.done, submitted.error) == (1.0, True, None)
+
+
+def test_actions_wait_the_configured_timeout_not_browsergyms_500_ms() -> None:
+    """BrowserGym writes ``timeout=500`` into every Playwright call of its actions, which a
+    valid click outlasts on a loaded machine; the worker's action code carries
+    ``action_timeout_ms`` instead, as the error of a click on a hidden ``<option>`` shows."""
+    code = browsergym_actions(1234).to_python_code('click("12")')
+    assert "timeout=1234" in code and "timeout=500" not in code
+    config = EnvConfig(name="miniwob", step_timeout_s=20, max_steps=5, action_timeout_ms=700)
+    with make_env(config) as live:
+        observation = live.reset("choose-list", seed=4)
+        option = element(observation, "option")
+        hidden = live.step(parse_action(f"click [{option}]"))
+    assert hidden.error is None
+    assert "Timeout 700ms exceeded" in (hidden.observation.last_action_error or "")

@@ -11,8 +11,8 @@ import pytest
 
 from websynthesis.config import EnvConfig
 from websynthesis.data.tasks import Task
-from websynthesis.env.browser_world import LiveBrowserWorld
 from websynthesis.env.pool import EnvPool
+from websynthesis.synthesis.browser_world import LiveBrowserWorld
 from websynthesis.synthesis.state import WebState
 from websynthesis.web.actions import parse_action
 
@@ -120,6 +120,11 @@ def test_replay_reaches_the_state_that_stepping_directly_reached() -> None:
         stop = parse_action("stop [done]")
         assert (await world.step(won.state, stop)).env_reward == 1.0  # no browser involved
         assert (await world.step(typed.state, stop)).env_reward == 0.0
+        assert typed.state.refused is None and won.state.refused is None
+
+        refused = await world.step(typed.state, parse_action("click [99999]"))  # not there
+        assert refused.error is None and refused.state.refused
+        assert refused.state.observation.render() == typed.state.observation.render()
 
     try:
         asyncio.run(search())

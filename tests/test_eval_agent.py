@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from websynthesis.data.records import JsonlLog, read_records
 from websynthesis.data.tasks import task_from_config
 from websynthesis.data.transitions import read_transitions
 from websynthesis.env.base import EnvError, Observation, StepResult
 from websynthesis.evaluation.agent import Agent, AgentConfig, Episode, EpisodeSpec
-from websynthesis.evaluation.records import JsonlLog, read_records
 from websynthesis.evaluation.wmla import (
     Candidate,
     LookAheadConfig,

@@ -18,9 +18,9 @@ import psutil
 import pytest
 
 from websynthesis.config import EnvConfig
+from websynthesis.data.records import read_records
 from websynthesis.env.browsergym_env import BrowserGymEnv, make_env
 from websynthesis.evaluation.agent import Agent, AgentConfig, EpisodeSpec
-from websynthesis.evaluation.records import read_records
 from websynthesis.models.roles import ModelClient, Role, RoleSettings
 from websynthesis.models.types import Generation, GenerationRequest
 from websynthesis.web.actions import ANSWER_PHRASE

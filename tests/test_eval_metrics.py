@@ -13,9 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from websynthesis.data.episodes import latest_episodes
+from websynthesis.data.records import JsonlLog, read_records
 from websynthesis.evaluation.metrics import Outcome, pass_at_k, summarize
-from websynthesis.evaluation.records import JsonlLog, read_records
-from websynthesis.pipelines.evaluate import episode_specs, latest_episodes
+from websynthesis.pipelines.evaluate import episode_specs
 
 
 @st.composite

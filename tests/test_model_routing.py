@@ -121,7 +121,7 @@ def test_failed_roles_are_those_whose_every_attempt_failed_in_the_backend() -> N
 
 @pytest.mark.slow
 def test_a_role_on_our_server_answers_as_the_local_model_does(tiny_model_config) -> None:
-    from websynthesis.serve import build_app, serve_in_background
+    from websynthesis.server import build_app, serve_in_background
 
     local_cfg = tiny_model_config()
     local = routed_backend(local_cfg)

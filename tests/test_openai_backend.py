@@ -1,6 +1,6 @@
 """OpenAIBackend against our real server over HTTP: concurrency, retries, errors, n, grammar, keys.
 
-The server is ``websynthesis.serve`` on 127.0.0.1 (an ephemeral port) with an
+The server is ``websynthesis.server`` on 127.0.0.1 (an ephemeral port) with an
 echo backend, so what the client sent can be read back from the answers; faults
 come from the server's :class:`FaultInjector`.
 """
@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from websynthesis.models.openai_backend import OpenAIBackend
 from websynthesis.models.types import Generation, GenerationRequest, Sampling, derive_seed, generate
-from websynthesis.serve import FaultInjector, build_app, serve_in_background
+from websynthesis.server import FaultInjector, build_app, serve_in_background
 
 KEY_ENV = "WS_TEST_OPENAI_KEY"
 SECRET = "sk-test-S3CRET-do-not-leak-0123456789"

@@ -19,10 +19,17 @@ from typing import Any
 
 import pytest
 
-from websynthesis.data.mixes import build_mix, student_role
-from websynthesis.data.reward_data import (
+from websynthesis.models.parsing import ScoreScale, parse_judge, parse_reward
+from websynthesis.models.prompts import JudgeInput, RewardInput
+from websynthesis.models.roles import Role, RoleSettings
+from websynthesis.search import Node, SearchConfig, SearchResult, StopReason, TerminalKind
+from websynthesis.search.result import TreeStats
+from websynthesis.synthesis.state import WebState, encode_action, history
+from websynthesis.training.mixes import build_mix, student_role
+from websynthesis.training.reward_data import (
     DEAD,
     PROGRESS,
+    REFUSED,
     SUCCESS,
     judge_examples,
     judge_target,
@@ -32,12 +39,6 @@ from websynthesis.data.reward_data import (
     reward_examples,
     reward_target,
 )
-from websynthesis.models.parsing import ScoreScale, parse_judge, parse_reward
-from websynthesis.models.prompts import JudgeInput, RewardInput
-from websynthesis.models.roles import Role, RoleSettings
-from websynthesis.search import Node, SearchConfig, SearchResult, StopReason, TerminalKind
-from websynthesis.search.result import TreeStats
-from websynthesis.synthesis.state import WebState, encode_action, history
 from websynthesis.web.actions import parse_action
 from websynthesis.web.observation import parse_axtree
 
@@ -200,6 +201,42 @@ def test_live_trees_merge_with_episodes_and_imagined_trees_are_skipped(
     assert judged == {1: 0.0, 3: 1.0}
     with pytest.raises(ValueError, match="unresolved"):
         labelled_steps(outcomes, ScoreScale(), unresolved="maybe")
+
+
+def test_a_refused_step_is_low_whatever_follows_it(tmp_path: Path) -> None:
+    """A click the page refused (its row's ``last_action_error``; a live node's
+    ``WebState.refused``) did nothing: it is labelled low under the default ``refused: low``
+    even on a path to a success, the steps after it keep their labels, and ``tree`` (what
+    held-out ranking quality uses) labels it like any other step."""
+    episode = ("login", 2, 0, True, [(HOME, "Read it.", "click [21]", HOME),  # refused
+                                     (HOME, "Open the form.", "click [9]", LOGIN),
+                                     (LOGIN, "Submit.", "click [32]", DONE)])  # fmt: skip
+    run_dir = write_episodes(tmp_path / "eval", [episode])
+    rows = [json.loads(line) for line in (run_dir / "transitions.jsonl").read_text().splitlines()]
+    rows[0]["last_action_error"] = "TimeoutError: element is not visible"
+    (run_dir / "transitions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outcomes = read_outcomes([run_dir])
+    counts: Counter[str] = Counter()
+    low = labelled_steps(outcomes, ScoreScale(), refused="low", counts=counts)
+    assert [(s.status, s.score, s.good) for s in low] == [
+        (REFUSED, 1.0, False), (PROGRESS, 3.0, True), (SUCCESS, 5.0, True)]  # fmt: skip
+    assert counts["refused"] == 1
+    assert [s.status for s in labelled_steps(outcomes, ScoreScale())] == [
+        PROGRESS, PROGRESS, SUCCESS]  # fmt: skip
+    assert parse_reward(reward_target(REFUSED, ScoreScale())).value.score == 1.0
+    reward = build_mix("reward", {"episodes": [str(run_dir)], "seed": 0}, model_cfg=MODEL)
+    assert [e.meta["status"] for e in reward] == [REFUSED, PROGRESS, SUCCESS]
+    as_tree = {"episodes": [str(run_dir)], "seed": 0, "reward": {"refused": "tree"}}
+    assert build_mix("reward", as_tree, model_cfg=MODEL)[0].meta["status"] == PROGRESS
+    with pytest.raises(ValueError, match="refused must be one of"):
+        labelled_steps(outcomes, ScoreScale(), refused="skip")
+    # A live search node keeps the refusal through its tree record.
+    state = WebState("login@2", parse_axtree(HOME)).after(
+        parse_action("click [21]"), parse_axtree(HOME), refused="TimeoutError: not visible"
+    )
+    back = WebState.from_json("login@2", state.to_json())
+    assert (back.refused, back.actions) == (state.refused, state.actions)
+    assert "refused" not in WebState("login@2", parse_axtree(HOME)).to_json()
 
 
 def test_prompts_are_the_ones_search_asks(trees_dir: Path) -> None:

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from websynthesis.data.reward_data import labelled_steps, labelled_trajectories, read_outcomes
 from websynthesis.evaluation.reward_quality import (
     bootstrap_auc,
     evaluate_judge,
@@ -25,6 +24,7 @@ from websynthesis.evaluation.reward_quality import (
 from websynthesis.models.parsing import ScoreScale
 from websynthesis.models.roles import ModelClient, Role, RoleSettings
 from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.training.reward_data import labelled_steps, labelled_trajectories, read_outcomes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_reward_data import write_episodes  # the hand-labelled run dir

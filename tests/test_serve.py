@@ -7,21 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import httpx2
 import openai
 import pytest
 from hydra import compose, initialize_config_dir
 
-from websynthesis import serve
+from websynthesis import server
 from websynthesis.config import register_configs
 from websynthesis.models.types import Generation, GenerationRequest
-from websynthesis.serve import FaultInjector, build_app, serve_in_background
+from websynthesis.server import FaultInjector, build_app, serve_in_background
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
 TOKEN = "test-bearer-token-0123456789"
 MODELS = ["base-model", "policy", "world_model"]
 
@@ -249,10 +252,20 @@ def test_fault_injector_fails_then_recovers() -> None:
 
 def test_faults_are_off_unless_build_app_gets_them() -> None:
     # run_server (what the Hydra main calls) has no way to pass faults
-    assert "faults" not in serve.run_server.__code__.co_varnames
+    assert "faults" not in server.run_server.__code__.co_varnames
+
+
+def _serve_entry() -> ModuleType:
+    """The root ``serve.py`` (an entry point, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("serve_entry", REPO / "serve.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_hydra_main_reads_the_serve_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    serve = _serve_entry()
     register_configs()
     monkeypatch.setenv("WS_TEST_SERVE_TOKEN", TOKEN)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -373,7 +386,7 @@ def test_python_dash_m_serve_runs_the_hydra_app(tmp_path: Path, tiny_model: Path
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = os.environ | {"WS_TEST_SERVE_TOKEN": TOKEN}
-    command = [sys.executable, "-m", "websynthesis.serve", "model=tiny", f"port={port}"]
+    command = [sys.executable, "serve.py", "model=tiny", f"port={port}"]
     command += ["auth_token_env=WS_TEST_SERVE_TOKEN", f"hydra.run.dir={tmp_path}"]
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(command, cwd=repo, env=env, stderr=subprocess.PIPE, text=True)

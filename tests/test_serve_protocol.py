@@ -24,7 +24,7 @@ from xgrammar import testing as xgr_testing
 from websynthesis.models.structured_outputs import StructuredOutputError, request_grammar
 from websynthesis.models.types import GenerationRequest, Sampling
 from websynthesis.openai_api import cut_at_stop
-from websynthesis.serve import build_app, serve_in_background
+from websynthesis.server import build_app, serve_in_background
 
 USER = [{"role": "user", "content": "hello STOP more"}]
 SCHEMA = {

@@ -27,7 +27,7 @@ from test_synthesis_pipeline import assert_valid_run, records
 from test_synthesis_world_policy import Website
 
 from websynthesis.config import register_configs
-from websynthesis.env.browser_world import instance_id, split_instance
+from websynthesis.data.tasks import instance_id, split_instance
 from websynthesis.models.roles import ModelClient
 from websynthesis.pipelines import synthesize
 from websynthesis.search import SearchEngine

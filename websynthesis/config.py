@@ -127,7 +127,7 @@ class StageConfig:
     """One curriculum stage: a data mix trained for some steps or epochs at some learning rate.
 
     ``data`` names mixes: keys of ``data.train_files`` (chat JSONL) or builders of
-    ``websynthesis.data.mixes``. ``lr: null`` takes ``optim.lr``. ``trainer.max_steps`` and
+    ``websynthesis.training.mixes``. ``lr: null`` takes ``optim.lr``. ``trainer.max_steps`` and
     ``trainer.max_epochs``, when set, cap every stage (smoke tests, debugging).
     """
 
@@ -166,8 +166,8 @@ class TrainDataConfig(DataConfig):
     few-shot examples). The source fields (``trajectories_dir``, ``transitions``,
     ``imagined``, ``external``, ``textui``, ``world_model``, and for the ``reward`` and
     ``judge`` mixes ``episodes`` (evaluate.py run dirs), ``trees`` (live-browser
-    synthesize.py run dirs or trees.jsonl files) and ``reward`` (``unresolved``, ``balance``))
-    are read by the mix builders: see ``websynthesis.data.mixes``.
+    synthesize.py run dirs or trees.jsonl files) and ``reward`` (``unresolved``,
+    ``refused``, ``balance``)) are read by the mix builders: see ``websynthesis.training.mixes``.
     """
 
     trajectories_dir: str | None = None
@@ -246,7 +246,9 @@ class EnvConfig:
     (``click-button``) or WebArena task ids. ``browser_path``: a Chromium binary (``null``:
     ``$WEBSYNTHESIS_CHROMIUM``, else the system Chromium on ``PATH``). A step (a reset)
     taking longer than ``step_timeout_s`` (``reset_timeout_s``) is a browser failure: the
-    browser is killed and the episode recorded as an error. ``max_steps`` truncates an
+    browser is killed and the episode recorded as an error. ``action_timeout_ms``: how long
+    each Playwright call of an action waits (BrowserGym's fixed 500 is outlasted by valid
+    clicks on a loaded machine: websynthesis/env/worker.py). ``max_steps`` truncates an
     episode. ``pool_size`` browsers run episodes in parallel. ``miniwob_url``: the base URL
     of a MiniWoB++ server (``null``: the pages of the ``miniwob`` package, as ``file://``).
     ``site_urls``: WebArena site -> base URL (browsergym-webarena's ``WA_*`` conventions).
@@ -265,6 +267,7 @@ class EnvConfig:
     browser_path: str | None = None
     step_timeout_s: float = 30.0
     reset_timeout_s: float = 60.0
+    action_timeout_ms: int = 2000
     max_steps: int = 15
     pool_size: int = 1
     miniwob_url: str | None = None
@@ -460,7 +463,7 @@ class StageOverrides:
 
 @dataclass
 class CoevolveConfig:
-    """The co-evolution driver (``python -m websynthesis.coevolve``; conf/coevolve.yaml).
+    """The co-evolution driver (``python coevolve.py``; conf/coevolve.yaml).
 
     ``rounds`` after round 0 on ``tasks`` of ``environment`` (an env config); ``train_seeds``
     are searched and sampled, ``eval_seeds`` (disjoint, checked) only evaluated.

@@ -172,7 +172,7 @@ def main() -> None:
     run_entry_points(console)
     console.print(
         "[bold green]demo finished[/]: outputs under outputs/demo/ "
-        "(trees: python -m websynthesis.search.view outputs/demo/synthesize "
+        "(trees: python -m websynthesis.synthesis.view outputs/demo/synthesize "
         "--task demo-shop-price)"
     )
 

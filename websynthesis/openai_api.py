@@ -1,4 +1,4 @@
-"""The OpenAI wire format :mod:`websynthesis.serve` speaks: requests, their checks, answers.
+"""The OpenAI wire format :mod:`websynthesis.server` speaks: requests, their checks, answers.
 
 Two endpoints, ``/v1/chat/completions`` and ``/v1/completions``, with the fields clients
 of OpenAI, vLLM and SGLang send: sampling (``temperature``, ``top_p``, ``n``, ``seed``,

@@ -6,7 +6,7 @@ thought and action, the objective, the earlier actions). An *accepted* episode (
 environment's reward, or WebArena's evaluators) becomes one example per executed step: the
 policy's prompt for that page after the earlier steps, and its own answer as the target, in
 exactly the prompt format the agent is asked at inference
-(:func:`~websynthesis.synthesis.extract.policy_example` checks each target reads back).
+(:func:`~websynthesis.data.policy_examples.policy_example` checks each target reads back).
 
 A rerun of an interrupted or failed-by-the-environment episode appends its steps again, so
 an episode's steps are its *last run* of rows (a run restarts where the step index stops
@@ -17,6 +17,7 @@ mixed across runs.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,14 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from websynthesis.data.chat import ChatExample
+from websynthesis.data.policy_examples import policy_example
+from websynthesis.data.records import read_records
 from websynthesis.data.transitions import action_field, action_set_field, failer, page_field
-from websynthesis.evaluation.records import read_records
 from websynthesis.models.prompts import PolicyInput, Step
 from websynthesis.models.roles import Role
-from websynthesis.synthesis.extract import policy_example
 from websynthesis.web.observation import parse_axtree
 
 EpisodeKey = tuple[str, int, int]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,22 @@ class LiveEpisode:
         return self.record.get("success") is True
 
 
+def latest_episodes(path: Path) -> dict[EpisodeKey, dict[str, Any]]:
+    """The latest line of every episode in ``episodes.jsonl`` (a rerun appends the episode
+    again: the last line counts)."""
+    latest = {}
+    for record in read_records(path):
+        try:
+            key = (str(record["task"]), int(record["seed"]), int(record["attempt"]))
+        except (KeyError, TypeError, ValueError):
+            log.warning("%s: skipping a line without task/seed/attempt", path)
+            continue
+        latest[key] = record
+    return latest
+
+
 def read_episodes(run_dir: Path | str) -> list[LiveEpisode]:
     """Every episode of an evaluate.py run dir that ended without an environment error."""
-    from websynthesis.pipelines.evaluate import latest_episodes
-
     run_dir = Path(run_dir)
     runs: dict[EpisodeKey, list[list[dict[str, Any]]]] = defaultdict(list)
     for row in read_records(run_dir / "transitions.jsonl"):

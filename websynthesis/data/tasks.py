@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -232,3 +232,27 @@ def shard_tasks(tasks: list[Task], shard: int, num_shards: int) -> list[Task]:
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} is not in [0, {num_shards})")
     return tasks[shard::num_shards]
+
+
+# --- task instances: a MiniWoB++ task under a seed -------------------------------------
+
+_SEED_MARK = "@"
+
+
+def instance_id(task: str, seed: int) -> str:
+    """The task id of ``task`` under ``seed``: ``click-test@3``."""
+    return f"{task}{_SEED_MARK}{seed}"
+
+
+def split_instance(task_id: str, default_seed: int = 0) -> tuple[str, int]:
+    """The environment's task name and the seed of ``task_id`` (``default_seed`` without one)."""
+    task, mark, seed = task_id.rpartition(_SEED_MARK)
+    if mark and task and seed.lstrip("-").isdigit():
+        return task, int(seed)
+    return task_id, default_seed
+
+
+def instances(tasks: Sequence[str], seeds: Sequence[int]) -> list[Task]:
+    """One :class:`Task` per task and seed, task by task. Their intent is empty: the
+    environment gives the instruction at reset (``LiveBrowserWorld.goal``)."""
+    return [Task(instance_id(task, int(seed)), intent="") for task in tasks for seed in seeds]

@@ -225,6 +225,7 @@ def make_env(config: EnvConfig, tasks: Sequence[Task] = ()) -> BrowserGymEnv:
         webarena_tasks={task.task_id: task for task in tasks} if config.name == "webarena" else {},
         site_urls=site_urls,
         login=login_settings(config) if config.name == "webarena" else None,
+        action_timeout_ms=config.action_timeout_ms,
     )
     return BrowserGymEnv(
         spec,

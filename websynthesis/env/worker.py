@@ -16,10 +16,17 @@ cannot be interrupted, but a process can be killed, browser and all.
 2. BrowserGym's ``Chat`` opens a second visible-or-headless Chromium per episode, a chat
    window for humans; :class:`_ChatLog` keeps the same message list without a browser,
    which halves the reset time.
+3. BrowserGym's action functions give every Playwright call a fixed ``timeout=500`` (ms).
+   On a loaded machine a valid click outlasts it (Playwright logs "click action done",
+   then "waiting for scheduled navigations to finish"): the step comes back as a
+   ``TimeoutError`` refusal although the page took it, and whether it does depends on the
+   load, not on the action, so a seeded search or evaluation stops repeating itself.
+   :func:`browsergym_actions` writes ``EnvConfig.action_timeout_ms`` into the action code instead.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -39,9 +46,19 @@ from websynthesis.env.observe import observation_fields
 from websynthesis.env.webarena import WebArenaTask, resolve_url
 
 # Subsets holding every call Action.browsergym_calls() emits (keyboard_press is in "coord").
-_ACTIONS = HighLevelActionSet(
-    subsets=["chat", "infeas", "bid", "coord", "nav", "tab"], multiaction=True, strict=False
-)
+_SUBSETS = ["chat", "infeas", "bid", "coord", "nav", "tab"]
+_FIXED_TIMEOUT = re.compile(r"\btimeout=500\b")  # BrowserGym's literal in its action functions
+
+
+def browsergym_actions(timeout_ms: int) -> HighLevelActionSet:
+    """BrowserGym's high-level actions, each Playwright call waiting up to ``timeout_ms``
+    (patch 3 of the module docstring)."""
+    actions = HighLevelActionSet(subsets=_SUBSETS, multiaction=True, strict=False)
+    code, found = _FIXED_TIMEOUT.subn(f"timeout={int(timeout_ms)}", actions.python_includes)
+    if not found:  # a BrowserGym that no longer writes the literal: say so, do not guess
+        raise RuntimeError("BrowserGym's action code has no timeout=500 to set any more")
+    actions.python_includes = code
+    return actions
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,7 @@ class WorkerSpec:
     webarena_tasks: dict[str, Task] = field(default_factory=dict)
     site_urls: dict[str, str] = field(default_factory=dict)
     login: LoginSettings | None = None  # None: tasks start logged out
+    action_timeout_ms: int = 2000  # each Playwright call of an action (patch 3)
 
 
 class RequestError(ValueError):
@@ -109,7 +127,7 @@ class _PatchedPlaywright:
 
 
 def patch_browsergym(options: LaunchOptions) -> playwright.sync_api.Playwright:
-    """Apply the two patches of the module docstring; returns the Playwright to stop at exit."""
+    """Apply patches 1 and 2 of the module docstring; returns the Playwright to stop at exit."""
     pw = playwright.sync_api.sync_playwright().start()
     browsergym.core._set_global_playwright(_PatchedPlaywright(pw, options))
     browsergym.core.env.Chat = _ChatLog
@@ -122,6 +140,7 @@ class Session:
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
+        self.actions = browsergym_actions(spec.action_timeout_ms)
         self.env: BrowserEnv | None = None
         self.sites: tuple[str, ...] = ()  # the WebArena sites of the current task
 
@@ -133,7 +152,7 @@ class Session:
             task_entrypoint=entrypoint,
             task_kwargs=kwargs,
             headless=self.spec.headless,
-            action_mapping=_ACTIONS.to_python_code,
+            action_mapping=self.actions.to_python_code,
         )
         obs, _ = self.env.reset(seed=seed)
         return observation_fields(obs)

@@ -36,11 +36,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from websynthesis.data.records import JsonlLog
 from websynthesis.data.tasks import Task
 from websynthesis.data.transitions import Transition
 from websynthesis.env.base import Observation, StepResult, WebEnv
 from websynthesis.evaluation.baselines import RandomClick
-from websynthesis.evaluation.records import JsonlLog
 from websynthesis.evaluation.webarena_eval import AnswerJudge, evaluate_task
 from websynthesis.evaluation.wmla import LookAhead, LookAheadPlanner, stable_seed
 from websynthesis.models.parsing import Decision

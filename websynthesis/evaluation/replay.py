@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from websynthesis.data.chat import read_chat_jsonl
+from websynthesis.data.tasks import split_instance
 from websynthesis.env.base import EnvError, WebEnv
-from websynthesis.env.browser_world import split_instance
 from websynthesis.env.pool import EnvPool
 from websynthesis.web.actions import Action, ActionKind, ActionParseError, extract_action
 

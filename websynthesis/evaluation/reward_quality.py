@@ -1,7 +1,7 @@
 """How well a reward model ranks held-out steps: ROC AUC and pairwise accuracy vs a constant.
 
 MCTS in imagination needs a value signal that orders states: a step on a path to a success
-(``good``: labelled ``progress`` or ``success`` by :mod:`websynthesis.data.reward_data`) should
+(``good``: labelled ``progress`` or ``success`` by :mod:`websynthesis.training.reward_data`) should
 score above one with no success below it. A reward model that scores everything alike (or at
 random) gives AUC 0.5; the report puts the model next to that constant score, and next to
 "shallower is better" (the step's depth, negated), which shows whether the model learned more
@@ -41,14 +41,14 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
-from websynthesis.data.reward_data import (
+from websynthesis.models.roles import ModelClient
+from websynthesis.training.reward_data import (
     LabelledStep,
     LabelledTrajectory,
     labelled_steps,
     labelled_trajectories,
     read_outcomes,
 )
-from websynthesis.models.roles import ModelClient
 
 REWARD, JUDGE = "reward", "judge"
 

@@ -6,7 +6,7 @@ next page, for at most ``max_steps`` steps (WebEvolver: 7) or until the policy s
 judge reads the whole imagined trajectory and its final page; a verdict at or above
 ``threshold`` accepts it, and every step becomes a policy example (``meta.imagined: true``) in
 the agent's own prompt format, checked like every other target
-(:func:`~websynthesis.synthesis.extract.policy_example`).
+(:func:`~websynthesis.data.policy_examples.policy_example`).
 
 Model output is untrusted at every step, and each outcome is counted in :class:`ImagineStats`:
 a policy answer without a usable action is a failure step (``max_failures`` in a row end the
@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from websynthesis.data.chat import ChatExample
+from websynthesis.data.policy_examples import policy_example
 from websynthesis.evaluation.wmla import stable_seed
+from websynthesis.models.parsing import failure_label
 from websynthesis.models.prompts import JudgeInput, PolicyInput, Step
 from websynthesis.models.roles import ModelClient
-from websynthesis.synthesis.extract import policy_example
-from websynthesis.synthesis.policy import POLICY, failure_label
+from websynthesis.synthesis.policy import POLICY
 from websynthesis.synthesis.state import WebState
 from websynthesis.synthesis.world import ModelWorld
 from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet

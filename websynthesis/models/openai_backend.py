@@ -1,7 +1,7 @@
 """A :class:`Backend` that asks any OpenAI-compatible chat server.
 
 OpenAI itself, vLLM (``--enable-lora --lora-modules policy=… world_model=…``),
-SGLang, or ``websynthesis.serve`` all speak ``POST /v1/chat/completions``; the
+SGLang, or ``websynthesis.server`` all speak ``POST /v1/chat/completions``; the
 requests of one batch are sent concurrently through one
 :class:`openai.AsyncOpenAI` client, at most ``max_concurrency`` at a time, and
 the server does the batching. A request's ``model`` is the served model or

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, check_declared
@@ -440,3 +440,8 @@ def format_number(value: float) -> str:
     """A number as a person writes it: ``4``, ``4.5``, ``0.25`` (exact: repr of the float)."""
     value = float(value)
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def failure_label(outcome: Parsed[Any]) -> str:
+    """``kind/reason`` (or ``kind``) of a failed outcome: the key it is counted under."""
+    return f"{outcome.failure}/{outcome.reason}" if outcome.reason else str(outcome.failure)

@@ -3,7 +3,7 @@
 Everything that talks to a model (search, training-data builders, evaluation)
 speaks in :class:`GenerationRequest` batches and gets :class:`Generation`
 results back, whatever the backend: a local transformers+peft model, or an
-OpenAI-compatible server (OpenAI, vLLM, SGLang, ``websynthesis.serve``).
+OpenAI-compatible server (OpenAI, vLLM, SGLang, ``websynthesis.server``).
 Requests are batches on purpose: the search engine gathers many questions per
 wave and a backend is free to run them as one ``generate`` call.
 

@@ -33,12 +33,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from websynthesis import tracking
+from websynthesis.data.episodes import latest_episodes
+from websynthesis.data.records import JsonlLog
 from websynthesis.data.tasks import Task, load_tasks
 from websynthesis.evaluation.agent import Agent, AgentConfig, Episode, EpisodeSpec
 from websynthesis.evaluation.baselines import baseline
 from websynthesis.evaluation.fidelity import METRICS, evaluate_fidelity, load_transitions
 from websynthesis.evaluation.metrics import Outcome, summarize
-from websynthesis.evaluation.records import JsonlLog, read_records
 from websynthesis.evaluation.webarena_eval import RoleJudge
 from websynthesis.evaluation.wmla import LookAheadConfig, LookAheadPlanner
 from websynthesis.io import atomic_write_json
@@ -129,19 +130,6 @@ def model_client(cfg: DictConfig) -> ModelClient:
         model.roles.policy.temperature = float(cfg.eval.temperature)
     backend = BatchingBackend(routed_backend(model))
     return ModelClient.from_config(model, backend=backend)
-
-
-def latest_episodes(path: Path) -> dict[tuple[str, int, int], dict[str, Any]]:
-    """The latest line of every episode in ``episodes.jsonl``."""
-    latest = {}
-    for record in read_records(path):
-        try:
-            key = (str(record["task"]), int(record["seed"]), int(record["attempt"]))
-        except (KeyError, TypeError, ValueError):
-            log.warning("%s: skipping a line without task/seed/attempt", path)
-            continue
-        latest[key] = record
-    return latest
 
 
 async def _evaluate_agent(cfg: DictConfig, out: Path) -> dict[str, Any]:

@@ -51,8 +51,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from websynthesis.data.chat import read_chat_jsonl, write_chat_jsonl
+from websynthesis.data.records import read_records
 from websynthesis.data.tasks import Task
-from websynthesis.evaluation.records import read_records
 from websynthesis.evaluation.significance import mcnemar, wilson
 from websynthesis.io import atomic_write_json, atomic_write_text
 from websynthesis.pipelines.stages import StagedRun, check_split, read_json
@@ -471,8 +471,7 @@ def within_budget(explorers: Sequence[Path], out: Path, budget: int) -> dict[str
     reset + the steps each) fit ``budget``. Explorer ``i``'s attempt ``a`` becomes attempt
     ``a * len(explorers) + i`` (its record says ``explorer: i``), so the keys stay apart.
     Returns what was kept and left (errored episodes are left)."""
-    from websynthesis.data.episodes import read_episodes
-    from websynthesis.pipelines.evaluate import latest_episodes
+    from websynthesis.data.episodes import latest_episodes, read_episodes
 
     found = [
         (episode.key[2], index, episode.key[1], episode.key[0], episode)
@@ -506,7 +505,7 @@ def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
 
 def first_pages(real_data: Path) -> list[Task]:
     """One task per training instance: its first page and instruction as recorded."""
-    from websynthesis.env.browser_world import instance_id
+    from websynthesis.data.tasks import instance_id
 
     seen: dict[str, Task] = {}
     for row in read_records(real_data / "transitions.jsonl"):
@@ -528,7 +527,7 @@ def first_pages(real_data: Path) -> list[Task]:
 
 
 def _outcomes(run_dir: Path) -> dict[tuple[str, int, int], bool]:
-    from websynthesis.pipelines.evaluate import latest_episodes
+    from websynthesis.data.episodes import latest_episodes
 
     path = run_dir / "episodes.jsonl"
     if not path.is_file():

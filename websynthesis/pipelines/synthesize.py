@@ -5,7 +5,7 @@ The trees are searched on one of two worlds (``cfg.world``, ``conf/world/``):
 - ``world=model`` (default, the paper's setting): :class:`ModelWorld`, the world model
   imagining every page from the first page of each task in ``data.tasks``; the reward model
   scores each step; the transitions written are ``imagined``.
-- ``world=browser``: :class:`~websynthesis.env.browser_world.LiveBrowserWorld`, live
+- ``world=browser``: :class:`~websynthesis.synthesis.browser_world.LiveBrowserWorld`, live
   MiniWoB++ pages in ``env.pool_size`` browsers, made reversible by reset and replay. One
   tree per instance, a task of ``env.tasks`` under a seed of ``world.seeds`` (task id
   ``click-test@3``): a MiniWoB++ task is another page and instruction under each seed. The
@@ -55,7 +55,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from websynthesis.data.tasks import Task, load_tasks, shard_tasks, task_key
+from websynthesis.data.tasks import Task, instances, load_tasks, shard_tasks, task_key
 from websynthesis.env.base import EnvError
 from websynthesis.models.batching import BatchingBackend
 from websynthesis.models.cache import CachedBackend
@@ -84,7 +84,7 @@ from websynthesis.synthesis.state import WebState, encode_action
 from websynthesis.web.action_sets import action_names
 
 if TYPE_CHECKING:
-    from websynthesis.env.browser_world import LiveBrowserWorld
+    from websynthesis.synthesis.browser_world import LiveBrowserWorld
 
     SearchWorld = ModelWorld | LiveBrowserWorld
 
@@ -185,7 +185,7 @@ def stale_records(records: list[dict[str, Any]], keys: dict[str, str]) -> set[st
 
 def browser_tasks(cfg: DictConfig) -> list[Task]:
     """The instances ``world=browser`` searches, checked before any browser or model starts."""
-    from websynthesis.env import browser_world, miniwob  # BrowserGym: imported only to browse
+    from websynthesis.env import miniwob  # BrowserGym: imported only to browse
 
     if cfg.env.name != "miniwob":
         raise ValueError(
@@ -197,14 +197,14 @@ def browser_tasks(cfg: DictConfig) -> list[Task]:
         raise ValueError("world=browser needs env.tasks=[...] and world.seeds=[...]")
     for name in names:
         miniwob.task_class(name)  # raises on an unknown task
-    return browser_world.instances(names, seeds)
+    return instances(names, seeds)
 
 
 def build_world(cfg: DictConfig, client: ModelClient) -> SearchWorld:
     """The world of ``cfg.world``: the world model, or ``env.pool_size`` live browsers (which
     start on their first reset)."""
     if cfg.world.name == "browser":
-        from websynthesis.env.browser_world import LiveBrowserWorld
+        from websynthesis.synthesis.browser_world import LiveBrowserWorld
 
         return LiveBrowserWorld.from_config(OmegaConf.to_object(cfg.env))
     return ModelWorld(client, accept_malformed=cfg.search.accept_malformed_pages)

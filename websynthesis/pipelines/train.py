@@ -4,7 +4,7 @@
    earlier (killed) run on the same dir are skipped (see
    :mod:`websynthesis.training.curriculum` for the resume rules).
 2. Build each unfinished stage's data before any model is loaded, so a bad row fails in
-   seconds: the paper's mixes come from ``websynthesis.data.mixes.build_mix`` (given
+   seconds: the paper's mixes come from ``websynthesis.training.mixes.build_mix`` (given
    ``cfg.data``, the optional ``teacher`` backend and ``cfg.model`` for prompt settings;
    ``data.train_files.<mix>`` replaces a built mix), any other mix name is read from its
    ``data.train_files`` chat JSONL. What the builders kept and dropped (and why) goes to
@@ -29,10 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 from websynthesis import tracking
 from websynthesis.config import StageConfig
 from websynthesis.data.chat import ChatExample, read_chat_jsonl
-from websynthesis.data.mixes import MIX_NAMES, build_mix
 from websynthesis.io import atomic_write_json
 from websynthesis.models.loading import load_model, load_tokenizer, resolve_model_path
 from websynthesis.training.curriculum import plan_stages, publish_adapter, run_curriculum
+from websynthesis.training.mixes import MIX_NAMES, build_mix
 
 log = logging.getLogger(__name__)
 

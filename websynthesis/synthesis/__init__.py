@@ -4,12 +4,14 @@ The search algorithm (:mod:`websynthesis.search`) knows nothing of the web; this
 gives it web states (:class:`WebState`), dynamics (:class:`ModelWorld`, the
 :class:`BrowserWorld` interface for live sites), a policy and evaluator
 (:class:`WebSearchPolicy`), and turns finished trees into chat-format training examples
-(:class:`Extractor`) stored resumably in a run dir (:class:`RunStore`).
-``websynthesis.pipelines.synthesize`` puts them together behind ``synthesize.py``.
+(:class:`Extractor`) stored resumably in a run dir (:class:`RunStore`);
+``browser_world`` implements the live world on ``env``'s browsers, ``view`` draws a stored
+tree as an HTML page. ``websynthesis.pipelines.synthesize`` puts them together behind
+``synthesize.py``. Layer: above ``search``, ``data`` and ``env``. See ``tests/test_layers.py``.
 """
 
 from websynthesis.synthesis.extract import KINDS, Extracted, Extractor
-from websynthesis.synthesis.policy import WebSearchPolicy, visible_page
+from websynthesis.synthesis.policy import WebSearchPolicy
 from websynthesis.synthesis.progress import ProgressDisplay
 from websynthesis.synthesis.settings import core_search_config, engine_config
 from websynthesis.synthesis.state import Goal, WebState, history
@@ -37,5 +39,4 @@ __all__ = [
     "merge_counts",
     "run_stats",
     "task_summary",
-    "visible_page",
 ]

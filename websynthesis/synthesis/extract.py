@@ -36,14 +36,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from websynthesis.data.chat import ChatExample
+from websynthesis.data.policy_examples import check_visible, policy_example, visible_page
 from websynthesis.data.world_model_data import role_target
+from websynthesis.models.parsing import failure_label
 from websynthesis.models.prompts import PolicyInput, ReflectionInput, Step, WorldModelInput
-from websynthesis.models.roles import ModelClient, Role
+from websynthesis.models.roles import ModelClient
 from websynthesis.search import SearchResult, TerminalKind
-from websynthesis.synthesis.policy import POLICY, check_visible, failure_label, visible_page
+from websynthesis.synthesis.policy import POLICY
 from websynthesis.synthesis.state import Goal, WebNode, WebState, history
 from websynthesis.synthesis.world import WORLD_MODEL
-from websynthesis.web.actions import Action, ActionKind, equivalent, format_response
+from websynthesis.web.actions import Action, ActionKind
 from websynthesis.web.observation import AXTree
 
 REFLECTION = "reflection"
@@ -231,28 +233,6 @@ class Extractor:
             getattr(out, kind).append(example)
         else:
             out.dropped[f"{kind}/{example}"] += 1
-
-
-def policy_example(
-    role: Role, question: PolicyInput, thought: str, action: Action, meta: dict[str, Any]
-) -> ChatExample | str:
-    """The policy prompt for ``question`` with its checked target, or why there is none.
-
-    The target (``format_response(thought, action)``) must read back through the policy's own
-    parser to an equivalent action that is valid on the page as the prompt shows it: what fails
-    is a label to count (``kind/reason``), never a training example.
-    """
-    target = format_response(thought, action)
-    parsed = role.parse(target, question)
-    if not parsed.ok or parsed.value is None:
-        return failure_label(parsed)
-    if not equivalent(parsed.value.action, action):
-        return "target_reads_back_differently"
-    hidden = check_visible(action, visible_page(role, question.observation))
-    if hidden is not None:
-        return hidden.split(":", 1)[0]
-    messages = (*role.messages(question), {"role": "assistant", "content": target})
-    return ChatExample(messages=messages, meta=meta)
 
 
 def _unusable(sibling: WebNode) -> str | None:

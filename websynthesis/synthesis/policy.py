@@ -21,34 +21,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from websynthesis.models.parsing import Decision, Parsed, ScoreScale
+from websynthesis.data.policy_examples import check_visible, visible_page
+from websynthesis.models.parsing import Decision, Parsed, ScoreScale, failure_label
 from websynthesis.models.prompts import PolicyInput, RewardInput
-from websynthesis.models.roles import ModelClient, Role
+from websynthesis.models.roles import ModelClient
 from websynthesis.search import Context, Evaluation, Proposal
 from websynthesis.synthesis.state import Goal, WebState, history
 from websynthesis.web.actions import Action, ActionKind, equivalent
 from websynthesis.web.observation import AXTree
 
 POLICY, REWARD = "policy", "reward"
-HIDDEN_ELEMENT = "hidden_element"
 ENV_REWARD_REASON = "the environment's reward"
-
-
-def visible_page(role: Role, page: AXTree) -> AXTree:
-    """``page`` as ``role``'s prompt shows it: cut to the role's observation budget."""
-    budget = role.settings.style.observation_chars
-    return page if budget is None else page.truncate(max_chars=budget)
-
-
-def failure_label(outcome: Parsed[Any]) -> str:
-    """``kind/reason`` (or ``kind``) of a failed outcome: the key it is counted under."""
-    return f"{outcome.failure}/{outcome.reason}" if outcome.reason else str(outcome.failure)
-
-
-def check_visible(action: Action, shown: AXTree) -> str | None:
-    """Why ``action`` is not valid on the page as a prompt ``shown`` it, or ``None`` if it is."""
-    check = action.validate(shown)
-    return None if check else f"{HIDDEN_ELEMENT}/{check.reason}: {check.message}"
 
 
 @dataclass

@@ -32,22 +32,32 @@ class WebState:
     task_id: str
     observation: AXTree
     actions: tuple[Action, ...] = ()
+    # Why a live page refused the last action (BrowserGym's ``last_action_error``: the page
+    # is unchanged), None when it took it. Only a browser world knows; the reward model's
+    # training data labels such a step a dead end (websynthesis/training/reward_data.py).
+    refused: str | None = None
 
-    def after(self, action: Action, observation: AXTree | None = None) -> WebState:
+    def after(
+        self, action: Action, observation: AXTree | None = None, *, refused: str | None = None
+    ) -> WebState:
         """The state ``action`` leads to: ``observation``, or this page again (a stop)."""
         page = self.observation if observation is None else observation
-        return WebState(self.task_id, page, (*self.actions, action))
+        return WebState(self.task_id, page, (*self.actions, action), refused)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "observation": self.observation.render(),
             "actions": [action.to_string() for action in self.actions],
         }
+        if self.refused is not None:
+            data["refused"] = self.refused
+        return data
 
     @classmethod
     def from_json(cls, task_id: str, data: dict[str, Any]) -> WebState:
         actions = tuple(parse_action(text) for text in data["actions"])
-        return cls(task_id, parse_axtree(data["observation"]), actions)
+        refused = str(data["refused"]) if data.get("refused") else None
+        return cls(task_id, parse_axtree(data["observation"]), actions, refused)
 
 
 @dataclass(frozen=True, slots=True)

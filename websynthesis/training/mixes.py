@@ -24,13 +24,14 @@ otherwise) and ``external`` entries of format ``os_genesis`` (real); with ``imag
 also from ``<trajectories_dir>/transitions.jsonl`` (synthesize.py: imagined), and imagined rows
 of the other files are kept. They feed every transition-based mix, pages included.
 
-``reward`` and ``judge`` (:mod:`websynthesis.data.reward_data`) read ``episodes`` (evaluate.py
+``reward`` and ``judge`` (:mod:`websynthesis.training.reward_data`) read ``episodes`` (evaluate.py
 run dirs: ``episodes.jsonl`` + ``transitions.jsonl``) and ``trees`` (synthesize.py
 ``world=browser`` run dirs or their ``trees.jsonl``; imagined trees are skipped), label each
 step by the environment's outcomes (on a path to a success: high or the middle level; no
 success below: low) in the student's reward and judge prompts and scales; ``reward.unresolved``
-(``skip``/``low``: search leaves never resolved) and ``reward.balance`` (draw the larger of
-good and bad down to the smaller) tune both.
+(``skip``/``low``: search leaves never resolved), ``reward.refused`` (``low``, the default: a
+step whose action the live page refused is low; ``tree``: labelled like any other) and
+``reward.balance`` (draw the larger of good and bad down to the smaller) tune them.
 
 The teacher is a :class:`~websynthesis.models.roles.ModelClient` or a bare backend (wrap it in a
 :class:`~websynthesis.models.cache.CachedBackend` so rebuilds replay). Prompts follow the
@@ -54,13 +55,6 @@ from websynthesis.data.external import (
     load_examples,
     load_os_genesis,
 )
-from websynthesis.data.reward_data import (
-    judge_examples,
-    labelled_steps,
-    labelled_trajectories,
-    read_outcomes,
-    reward_examples,
-)
 from websynthesis.data.tasks import Task, load_tasks
 from websynthesis.data.textui import (
     Page,
@@ -76,6 +70,13 @@ from websynthesis.data.world_model_data import world_model_examples
 from websynthesis.io import DataFileError
 from websynthesis.models.roles import ModelClient, Role, RoleSettings
 from websynthesis.models.types import Backend
+from websynthesis.training.reward_data import (
+    judge_examples,
+    labelled_steps,
+    labelled_trajectories,
+    read_outcomes,
+    reward_examples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def build_mix(
     if not examples and not local["no_teacher"] and not local["empty_source"]:
         raise ValueError(
             f"mix {name!r} is empty: set data.train_files.{name}, add a data.external entry "
-            f"with mix: {name}, or give it sources (see websynthesis.data.mixes)"
+            f"with mix: {name}, or give it sources (see websynthesis.training.mixes)"
         )
     local["examples"] = len(examples)
     log.info("mix %s: %s", name, dict(sorted(local.items())))
@@ -251,8 +252,9 @@ def _outcome_mix(name: str) -> Builder:
         balance, seed = bool(settings.get("balance", False)), _seed(data_cfg)
         if name == "reward":
             unresolved = str(settings.get("unresolved", "skip"))
+            refused = str(settings.get("refused", "low"))
             steps = labelled_steps(
-                outcomes, role.settings.scale, unresolved=unresolved, counts=counts
+                outcomes, role.settings.scale, unresolved=unresolved, refused=refused, counts=counts
             )
             found = reward_examples(steps, role, balance=balance, seed=seed, counts=counts)
         else:

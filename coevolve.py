@@ -1,4 +1,4 @@
-"""WebEvolver's co-evolution rounds in one command: ``python -m websynthesis.coevolve``.
+"""WebEvolver's co-evolution rounds in one command: ``python coevolve.py rounds=3``.
 
 A thin entry point: Hydra composes ``conf/coevolve.yaml`` and
 :mod:`websynthesis.pipelines.coevolve` runs the rounds, each stage a job of the project's
@@ -13,7 +13,7 @@ from websynthesis.config import register_configs
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="coevolve")
+@hydra.main(version_base="1.3", config_path="conf", config_name="coevolve")
 def main(cfg: DictConfig) -> None:
     from websynthesis.pipelines.coevolve import run
 

@@ -9,9 +9,10 @@ trees in flight than browsers, nearly every step is a replay (``ReplayStats``).
 
 Task instances: a MiniWoB++ task is another page and instruction under each seed, so one
 task searched under several seeds is several trees. Their task ids say the seed
-(``click-test@3``, :func:`instance_id`), and every reset and replay of that id uses it; an
-id without ``@seed`` runs under the world's default ``seed``. The objective of an instance is
-the environment's instruction, known once it is reset (:meth:`LiveBrowserWorld.goal`).
+(``click-test@3``, :func:`~websynthesis.data.tasks.instance_id`), and every reset and
+replay of that id uses it; an id without ``@seed`` runs under the world's default ``seed``.
+The objective of an instance is the environment's instruction, known once it is reset
+(:meth:`LiveBrowserWorld.goal`).
 
 Rewards: the task's own reward (MiniWoB's) is passed through as ``Transition.env_reward``;
 a ``stop`` does not touch the browser and carries the reward of the state it stops on.
@@ -35,7 +36,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from websynthesis.config import EnvConfig
-from websynthesis.data.tasks import Task
+from websynthesis.data.tasks import Task, split_instance
 from websynthesis.env.base import EnvError, WebEnv
 from websynthesis.env.browsergym_env import make_env
 from websynthesis.env.pool import EnvPool
@@ -46,26 +47,6 @@ from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, action_set
 from websynthesis.web.actions import Action, ActionKind
 
 _Position = tuple[str, tuple[Action, ...]]
-_SEED_MARK = "@"
-
-
-def instance_id(task: str, seed: int) -> str:
-    """The task id of ``task`` under ``seed``: ``click-test@3``."""
-    return f"{task}{_SEED_MARK}{seed}"
-
-
-def split_instance(task_id: str, default_seed: int = 0) -> tuple[str, int]:
-    """The environment's task name and the seed of ``task_id`` (``default_seed`` without one)."""
-    task, mark, seed = task_id.rpartition(_SEED_MARK)
-    if mark and task and seed.lstrip("-").isdigit():
-        return task, int(seed)
-    return task_id, default_seed
-
-
-def instances(tasks: Sequence[str], seeds: Sequence[int]) -> list[Task]:
-    """One :class:`Task` per task and seed, task by task. Their intent is empty: the
-    environment gives the instruction at reset (:meth:`LiveBrowserWorld.goal`)."""
-    return [Task(instance_id(task, int(seed)), intent="") for task in tasks for seed in seeds]
 
 
 @dataclass
@@ -173,7 +154,8 @@ class LiveBrowserWorld(BrowserWorld):
             if result.error is not None:
                 self.stats.failures += 1
                 return Transition(state, error=result.error)
-            after = state.after(action, result.observation.tree)
+            refused = result.observation.last_action_error
+            after = state.after(action, result.observation.tree, refused=refused)
             ended = result.done or result.truncated
             if not ended:
                 self._positions[id(env)] = (state.task_id, after.actions)

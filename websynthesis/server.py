@@ -1,6 +1,6 @@
 """An OpenAI-compatible HTTP server over any :class:`Backend` (the local one in practice).
 
-``python -m websynthesis.serve model=tiny port=8000`` serves the base model and
+``python serve.py model=tiny port=8000`` (the entry point at the root) serves the base model and
 each configured LoRA adapter as model names on ``POST /v1/chat/completions``
 and ``GET /v1/models``, so anything that speaks the OpenAI API (our
 :class:`~websynthesis.models.openai_backend.OpenAIBackend` with
@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import threading
 import time
@@ -37,18 +36,14 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import hydra
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
-from websynthesis.config import register_configs
 from websynthesis.models.structured_outputs import StructuredOutputError, request_grammar
 from websynthesis.models.types import Backend, Generation, GenerationRequest, Sampling
 from websynthesis.openai_api import Answer, ChatCompletionRequest, CompletionRequest, unsupported
@@ -441,28 +436,3 @@ def serve_in_background(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) ->
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-
-
-@hydra.main(config_path="../conf", config_name="serve", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    """Serve ``cfg.model``: its backend, under its name and those of its configured adapters."""
-    token = None
-    if cfg.auth_token_env:
-        token = os.environ.get(cfg.auth_token_env)
-        if not token:
-            raise SystemExit(f"auth_token_env names {cfg.auth_token_env!r}, which is not set")
-    adapters = [name for name, path in (cfg.model.get("adapters") or {}).items() if path]
-    run_server(
-        instantiate(cfg.model.backend),
-        [cfg.model.name, *adapters],
-        host=cfg.host,
-        port=cfg.port,
-        auth_token=token,
-        batch_window_ms=cfg.batch_window_ms,
-        max_batch_size=cfg.max_batch_size,
-    )
-
-
-if __name__ == "__main__":
-    register_configs()
-    main()

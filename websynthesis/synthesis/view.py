@@ -1,6 +1,6 @@
 """Look at a searched tree: one self-contained HTML page per task.
 
-    python -m websynthesis.search.view RUN_DIR --task ID [--out FILE]
+    python -m websynthesis.synthesis.view RUN_DIR --task ID [--out FILE]
 
 reads the task's line of ``RUN_DIR/trees.jsonl`` and writes (default
 ``RUN_DIR/view/<task>.html``) a page with no external assets: every node is a collapsible
@@ -8,9 +8,9 @@ reads the task's line of ``RUN_DIR/trees.jsonl`` and writes (default
 its value Q, visits and terminal kind, and, for web trees, what changed on the page since its
 parent (``diff_trees``) with the full page one click away. The best path is highlighted.
 
-The search package knows nothing of the web, and importing it must not import the web
-layer: page diffs are computed with ``websynthesis.web`` imported inside the function that
-needs it, and only for states that carry an ``observation``.
+It lives beside the web search rather than in the search core, which knows nothing of pages:
+page diffs are drawn only for states that carry an ``observation``, others are shown as
+their JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from websynthesis.io import atomic_write_text
+from websynthesis.web.observation import diff_trees, parse_axtree
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -150,8 +151,6 @@ def _page(state: Any, parent_state: Any) -> str:
 
 
 def _diff(before: str, after: str) -> str:
-    from websynthesis.web.observation import diff_trees, parse_axtree  # the web layer, lazily
-
     diff = diff_trees(parse_axtree(before), parse_axtree(after))
     if not diff:
         return "<pre>(unchanged)</pre>"

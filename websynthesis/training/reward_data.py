@@ -31,7 +31,17 @@ status             rule                                         score (1-5 scale
 ``progress``       a success lies below it (on a path to one)   the middle level (3)
 ``dead``           no success below, every leaf below a failure ``low`` (1)
 ``open``           no success below, some leaf never resolved   left out (or ``low``)
+``refused``        the live page refused the step's action      ``low`` (1)
 =================  ===========================================  ========================
+
+A *refused* step (an episode row's ``last_action_error``, a live search node's
+``WebState.refused``: a click Playwright timed out on, a key it does not know) did nothing: the
+page is the one before it. Whatever lies below, it is labelled low (``reward.refused: low``,
+the default), so that the reward model learns that an action the page does not take is no
+progress; in imagination nothing else tells the search (the world model answers any action
+with some page). ``reward.refused: tree`` labels it by the outcome tree like any other step
+(held-out ranking quality keeps that rule, so its figures stay comparable). The node stays in
+the outcome tree: the steps after it are labelled as before.
 
 These are the rubric's levels (reward_system.jinja): 5 "fully accomplished", 3 "clear
 progress ... not finishing it yet", 1 "fails". ``progress`` means a success is still reachable
@@ -81,6 +91,7 @@ from pathlib import Path
 from typing import Any
 
 from websynthesis.data.chat import ChatExample
+from websynthesis.data.tasks import instance_id
 from websynthesis.data.transitions import action_field, failer, page_field
 from websynthesis.io import DataFileError, read_jsonl
 from websynthesis.models.parsing import Rating, ScoreScale, format_number, format_rating
@@ -89,8 +100,9 @@ from websynthesis.models.roles import Role
 from websynthesis.web.actions import Action, ActionKind, parse_action
 from websynthesis.web.observation import parse_axtree
 
-SUCCESS, PROGRESS, DEAD, OPEN = "success", "progress", "dead", "open"
+SUCCESS, PROGRESS, DEAD, OPEN, REFUSED = "success", "progress", "dead", "open", "refused"
 UNRESOLVED = ("skip", "low")
+REFUSED_RULES = ("low", "tree")
 
 # One line each (the grammar's reason is one line) and short (the tiny model answers in 48
 # tokens): what the label means, in the rubric's words.
@@ -98,6 +110,7 @@ REWARD_REASONS = {
     SUCCESS: "The last action accomplished the task.",
     PROGRESS: "The task is not finished yet, and it can still be accomplished from here.",
     DEAD: "The trajectory has gone wrong: the task is not accomplished from here.",
+    REFUSED: "The page refused the last action: it did nothing.",
 }
 JUDGE_REASONS = {
     1.0: "The agent accomplished the task.",
@@ -190,6 +203,7 @@ class StepRecord:
     question: RewardInput
     origin: str  # "episode" or "tree"
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    refused: str | None = None  # why the live page refused this step's action
 
 
 @dataclass(frozen=True)
@@ -259,12 +273,6 @@ def read_outcomes(
     return out
 
 
-def _instance(task: str, seed: int) -> str:
-    from websynthesis.env.browser_world import instance_id  # the search's own task ids
-
-    return instance_id(task, seed)
-
-
 def _read_episodes(run_dir: Path, out: Outcomes, counts: Counter[str]) -> None:
     from websynthesis.data.episodes import read_episodes
 
@@ -287,7 +295,7 @@ def _read_episodes(run_dir: Path, out: Outcomes, counts: Counter[str]) -> None:
         except DataFileError:
             counts["episodes_skipped/bad_row"] += 1
             continue
-        instance = _instance(task, seed)
+        instance = instance_id(task, seed)
         objective = str(episode.steps[0].get("objective") or "")
         history: tuple[Step, ...] = ()
         actions: tuple[str, ...] = ()
@@ -297,7 +305,9 @@ def _read_episodes(run_dir: Path, out: Outcomes, counts: Counter[str]) -> None:
             where = {"task": task, "seed": seed, "attempt": attempt, "step": int(row["step"])}
             meta = {"origin": "episode", "source": source, **where, "index": index}
             question = RewardInput(objective, history, after)
-            out.steps.append(StepRecord(instance, actions, question, "episode", meta))
+            refused = str(row["last_action_error"]) if row.get("last_action_error") else None
+            record = StepRecord(instance, actions, question, "episode", meta, refused)
+            out.steps.append(record)
         out.tree.mark(instance, actions, success=success)
         last, final = history[-1], rows[-1][1]
         answer = (last.action.text or "") if last.action.kind is ActionKind.STOP else None
@@ -353,7 +363,8 @@ def _read_trees(path: Path, out: Outcomes, counts: Counter[str]) -> None:
             meta |= {"depth": node.depth, "index": node.depth - 1}
             question = RewardInput(objective, steps, node.state.observation)
             out.tree.node(task_id, actions)
-            out.steps.append(StepRecord(task_id, actions, question, "tree", meta))
+            refused = node.state.refused
+            out.steps.append(StepRecord(task_id, actions, question, "tree", meta, refused))
             if node.terminal is None:
                 continue
             success = result.config.is_success(node)
@@ -371,7 +382,7 @@ def _read_trees(path: Path, out: Outcomes, counts: Counter[str]) -> None:
 
 def label_scores(scale: ScoreScale) -> dict[str, float]:
     """The score of each status on ``scale``: high, the middle level, low."""
-    return {SUCCESS: scale.high, PROGRESS: scale.levels()[2], DEAD: scale.low}
+    return {SUCCESS: scale.high, PROGRESS: scale.levels()[2], DEAD: scale.low, REFUSED: scale.low}
 
 
 def labelled_steps(
@@ -379,15 +390,23 @@ def labelled_steps(
     scale: ScoreScale,
     *,
     unresolved: str = "skip",
+    refused: str = "tree",
     counts: Counter[str] | None = None,
 ) -> list[LabelledStep]:
-    """Every step of ``outcomes`` with its label (``open`` ones per ``unresolved``)."""
+    """Every step of ``outcomes`` with its label (``open`` ones per ``unresolved``; refused
+    ones low under ``refused="low"``, by the outcome tree under ``"tree"``)."""
     if unresolved not in UNRESOLVED:
         raise ValueError(f"unresolved must be one of {UNRESOLVED}, not {unresolved!r}")
+    if refused not in REFUSED_RULES:
+        raise ValueError(f"refused must be one of {REFUSED_RULES}, not {refused!r}")
     counts = Counter() if counts is None else counts
     scores = label_scores(scale)
     labelled = []
     for record in outcomes.steps:
+        if record.refused is not None and refused == "low":
+            counts["refused"] += 1
+            labelled.append(LabelledStep(record, REFUSED, scores[REFUSED]))
+            continue
         status = outcomes.tree.status(record.instance, record.actions)
         if status == OPEN:
             counts["unresolved"] += 1
