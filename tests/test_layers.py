@@ -10,8 +10,6 @@ they are how a layer hides that it reaches up.
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -150,17 +148,6 @@ def test_no_import_cycles() -> None:
         if node not in state:
             visit(node, [])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
-
-
-def test_importing_the_search_core_loads_nothing_of_the_web() -> None:
-    """At run time too: ``import websynthesis.search`` alone loads no web or model module."""
-    code = (
-        "import sys, websynthesis.search;"
-        "bad = [m for m in sys.modules if m.startswith('websynthesis.')"
-        " and not m.startswith('websynthesis.search')];"
-        "assert not bad, bad"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_the_check_finds_an_upward_import_lazy_or_not(tmp_path: Path) -> None:
