@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from websynthesis.config import DataConfig
+from websynthesis.config import TrainDataConfig
 from websynthesis.data.chat import ChatExample, write_chat_jsonl
 from websynthesis.data.transitions import Transition, write_transitions
 from websynthesis.models.prompts import render
@@ -166,6 +166,6 @@ def test_empty_mixes_are_errors_and_missing_teachers_are_counted(
 
 
 def test_a_structured_data_config_reads_with_defaults(sources: dict[str, Any]) -> None:
-    data = OmegaConf.structured(DataConfig)
+    data = OmegaConf.structured(TrainDataConfig)
     data.train_files = {"valuable": str(Path(sources["trajectories_dir"]) / "valuable.jsonl")}
     assert len(build_mix("valuable", data, ModelClient(Teacher(), {}))) == 2

@@ -156,7 +156,7 @@ def test_a_run_whose_world_model_never_answered_exits_non_zero(
 ) -> None:
     result = run_entry(
         "synthesize.py", "+experiment=demo", "search=small", "search.iterations=2",
-        "data.limit=1", f"hydra.run.dir={tmp_path}",
+        "taskset.limit=1", f"hydra.run.dir={tmp_path}",
         "+backend@model.role_backends.world_model=websynthesis",
         "model.role_backends.world_model.base_url=http://127.0.0.1:9/v1",
         "+model.role_backends.world_model.max_retries=0",

@@ -22,7 +22,7 @@ import pytest
 from websynthesis.models.parsing import ScoreScale, parse_judge, parse_reward
 from websynthesis.models.prompts import JudgeInput, RewardInput
 from websynthesis.models.roles import Role, RoleSettings
-from websynthesis.search import Node, SearchConfig, SearchResult, StopReason, TerminalKind
+from websynthesis.search import Node, SearchResult, SearchSettings, StopReason, TerminalKind
 from websynthesis.search.result import TreeStats
 from websynthesis.synthesis.state import WebState, encode_action, history
 from websynthesis.training.mixes import build_mix, student_role
@@ -111,7 +111,7 @@ def write_episodes(run_dir: Path, episodes: list[Any] = EPISODES) -> Path:
 def browser_tree() -> SearchResult[WebState, Any]:
     """``login@1`` searched live: click [5] ends the episode (failed), click [9] then click
     [32] succeeds, click [21] was never expanded, click [30] could not be simulated."""
-    config = SearchConfig(low=1.0, high=5.0, end_gate=4.75, max_depth=3)
+    config = SearchSettings(low=1.0, high=5.0, end_gate=4.75, max_depth=3)
     root: Node[WebState, Any] = Node(0, WebState("login@1", parse_axtree(HOME)))
 
     def child(parent: Node[WebState, Any], node_id: int, action: str, page: str, **kw: Any) -> Any:

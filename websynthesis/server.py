@@ -44,6 +44,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
+from websynthesis.counters import Counters
 from websynthesis.models.structured_outputs import StructuredOutputError, request_grammar
 from websynthesis.models.types import Backend, Generation, GenerationRequest, Sampling
 from websynthesis.openai_api import Answer, ChatCompletionRequest, CompletionRequest, unsupported
@@ -121,7 +122,7 @@ class FaultInjector:
 
 
 @dataclass
-class ServerStats:
+class ServerStats(Counters):
     """Requests in flight (now and at most) and how they were batched (the latest 1000)."""
 
     requests: int = 0

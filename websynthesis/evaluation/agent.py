@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class AgentConfig:
+class AgentSettings:
     """``max_steps`` per episode (failure steps included); ``max_failures`` failure steps in a
     row end the episode; ``policy_role`` is the role that acts (without WMLA); ``baseline``,
     when set, acts instead of any model (:mod:`websynthesis.evaluation.baselines`)."""
@@ -130,7 +130,7 @@ class Agent:
     def __init__(
         self,
         client: ModelClient,
-        config: AgentConfig,
+        config: AgentSettings,
         *,
         planner: LookAheadPlanner | None = None,
         transitions: JsonlLog | None = None,

@@ -43,9 +43,10 @@ import itertools
 import json
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from websynthesis.counters import Counters
 from websynthesis.models.cache import is_cacheable
 from websynthesis.models.types import Backend, Generation, GenerationRequest
 
@@ -54,7 +55,7 @@ _Waiter = tuple[GenerationRequest, "asyncio.Future[Generation]", str]
 
 
 @dataclass
-class BatchingStats:
+class BatchingStats(Counters):
     """``requests`` submitted, ``sent`` to the inner backend in ``batches`` calls.
 
     ``dedup_hits`` = requests answered by another request's generation;
@@ -67,9 +68,6 @@ class BatchingStats:
     dedup_hits: int = 0
     failed_batches: int = 0
     largest_batch: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class BatchingBackend:

@@ -51,6 +51,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from websynthesis.counters import Counters
 from websynthesis.models.types import Backend, Generation, GenerationRequest, derive_seed
 
 _KEY_VERSION = 1
@@ -76,7 +77,7 @@ def is_cacheable(request: GenerationRequest) -> bool:
 
 
 @dataclass
-class CacheStats:
+class CacheStats(Counters):
     """Per-request counts: a request is a hit only if all its samples came from the cache."""
 
     hits: int = 0

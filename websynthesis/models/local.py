@@ -92,6 +92,7 @@ from transformers import (
 from transformers.cache_utils import Cache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from websynthesis.counters import Counters
 from websynthesis.models.grammar import (
     BatchGrammarMasks,
     Constraint,
@@ -123,7 +124,7 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 
 
 @dataclass
-class LocalStats:
+class LocalStats(Counters):
     """What the backend did: decode batches, rows decoded, and errors by kind.
 
     ``generate_calls`` counts decode batches, whichever loop ran them (transformers'
@@ -133,13 +134,6 @@ class LocalStats:
     generate_calls: int = 0
     rows: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "generate_calls": self.generate_calls,
-            "rows": self.rows,
-            "errors": dict(self.errors),
-        }
 
 
 @dataclass(frozen=True)

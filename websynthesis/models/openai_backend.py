@@ -37,6 +37,7 @@ from typing import Any, Literal
 import openai
 from openai import AsyncOpenAI
 
+from websynthesis.counters import Counters
 from websynthesis.models.types import Generation, GenerationRequest, TokenLogprob, derive_seed
 
 log = logging.getLogger(__name__)
@@ -74,15 +75,12 @@ def _grammar_body(mode: GrammarMode, grammar: str) -> dict[str, Any]:
 
 
 @dataclass
-class BackendStats:
+class BackendStats(Counters):
     """What the backend did: HTTP calls made, retries, and final errors by kind."""
 
     calls: int = 0
     retries: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls, "retries": self.retries, "errors": dict(self.errors)}
 
 
 class _CallFailed(Exception):

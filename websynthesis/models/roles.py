@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from websynthesis.counters import Counters
 from websynthesis.models.grammar import (
     a11y_grammar,
     action_grammar,
@@ -296,7 +297,7 @@ OK = "ok"
 
 
 @dataclass
-class RoleOutcomes:
+class RoleOutcomes(Counters):
     """What one role's answers came to.
 
     ``attempts`` counts every parsed sample by outcome (``ok`` or a failure kind), retries
@@ -311,19 +312,6 @@ class RoleOutcomes:
     attempts: Counter[str] = field(default_factory=Counter)
     final: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {k: _plain(v) for k, v in data.items()}
-
-    def add(self, other: Mapping[str, Any]) -> None:
-        """Add a :meth:`to_dict` of another worker's counters."""
-        for f in fields(self):
-            mine, theirs = getattr(self, f.name), other.get(f.name)
-            if isinstance(mine, Counter):
-                mine.update(theirs or {})
-            else:
-                setattr(self, f.name, mine + int(theirs or 0))
 
 
 @dataclass

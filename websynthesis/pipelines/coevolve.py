@@ -204,7 +204,7 @@ class CoEvolution:
         train.run(self._job("train", out, overrides))
 
     def _imagine(self, round_index: int, out: Path) -> None:
-        from websynthesis.evolution.imagine import ImagineConfig, imagine
+        from websynthesis.evolution.imagine import ImagineSettings, imagine
         from websynthesis.pipelines.evaluate import model_client
 
         queries = self._failed_queries(self.dir(round_index, "sample"))
@@ -215,7 +215,7 @@ class CoEvolution:
             job = self._job("evaluate", out, [*self._env(), *self._model_overrides(round_index)])
             client = model_client(job)
             try:
-                config = ImagineConfig(
+                config = ImagineSettings(
                     max_steps=int(settings.max_steps),
                     threshold=float(settings.threshold),
                     seed=int(self.cfg.seed) + round_index,

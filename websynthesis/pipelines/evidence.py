@@ -266,7 +266,7 @@ class Evidence:
         overrides = [
             *self._env(),
             "world=model",
-            f"data.tasks={self.dir(seed, 'first_pages') / 'tasks.jsonl'}",
+            f"taskset.path={self.dir(seed, 'first_pages') / 'tasks.jsonl'}",
             f"model.adapters.world_model={_value(self._adapter(seed, 'world_model'))}",
             f"model.adapters.reward={_value(reward)}",
             f"model.adapters.judge={_value(reward)}",

@@ -70,6 +70,7 @@ from websynthesis.data.world_model_data import world_model_examples
 from websynthesis.io import DataFileError
 from websynthesis.models.roles import ModelClient, Role, RoleSettings
 from websynthesis.models.types import Backend
+from websynthesis.synthesis.store import POLICY_KINDS
 from websynthesis.training.reward_data import (
     judge_examples,
     labelled_steps,
@@ -79,17 +80,6 @@ from websynthesis.training.reward_data import (
 )
 
 log = logging.getLogger(__name__)
-
-MIX_NAMES = (
-    "dense_caption",
-    "element_function",
-    "state_transition",
-    "world_model",
-    "valuable",
-    "rollback",
-    "reward",
-    "judge",
-)
 
 Builder = Callable[[Any, ModelClient | None, Any, Counter[str]], list[ChatExample]]
 
@@ -271,11 +261,11 @@ _BUILDERS: dict[str, Builder] = {
     "element_function": _element_function,
     "state_transition": _state_transition,
     "world_model": _world_model,
-    "valuable": _trajectories("valuable"),
-    "rollback": _trajectories("rollback"),
+    **{kind: _trajectories(kind) for kind in POLICY_KINDS},
     "reward": _outcome_mix("reward"),
     "judge": _outcome_mix("judge"),
 }
+MIX_NAMES = tuple(_BUILDERS)
 
 
 # --- helpers -----------------------------------------------------------------------------
