@@ -37,8 +37,8 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from websynthesis.models.batching import BatchingBackend
-from websynthesis.models.types import Backend, Generation, GenerationRequest, Sampling
+from websynthesis.backends.batching import BatchingBackend
+from websynthesis.backends.types import Backend, Generation, GenerationRequest, Sampling
 from websynthesis.search import (
     Context,
     EngineSettings,
@@ -231,7 +231,7 @@ def make_backend(spec: str, batch_ms: float, request_ms: float) -> Backend:
     if spec == "fake":
         return SimulatedGPU(batch_ms / 1000, request_ms / 1000)
     if spec == "tiny":
-        from websynthesis.models.local import LocalBackend
+        from websynthesis.backends.local import LocalBackend
 
         return LocalBackend("tiny", max_batch_size=256)
     module, _, factory = spec.partition(":")

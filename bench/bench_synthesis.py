@@ -56,12 +56,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from websynthesis.backends.batching import BatchingBackend
+from websynthesis.backends.types import Backend, Generation, GenerationRequest
+from websynthesis.backends.usage import UsageTracker
 from websynthesis.config import register_configs
 from websynthesis.data.tasks import load_tasks
-from websynthesis.models.batching import BatchingBackend
-from websynthesis.models.roles import ModelClient
-from websynthesis.models.types import Backend, Generation, GenerationRequest
-from websynthesis.models.usage import UsageTracker
+from websynthesis.roles.client import ModelClient
 from websynthesis.search import SearchEngine, SearchResult, TreeTask
 from websynthesis.synthesis import (
     Goal,

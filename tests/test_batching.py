@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from websynthesis.models.batching import BatchingBackend
-from websynthesis.models.types import Generation, GenerationRequest, Sampling
+from websynthesis.backends.batching import BatchingBackend
+from websynthesis.backends.types import Generation, GenerationRequest, Sampling
 
 
 class Recorder:

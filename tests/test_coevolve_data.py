@@ -18,10 +18,10 @@ from websynthesis.data.chat import ChatExample
 from websynthesis.data.episodes import episode_examples, read_episodes
 from websynthesis.evolution import report
 from websynthesis.evolution.imagine import ImagineSettings, Query, imagine
-from websynthesis.models.parsing import Decision
-from websynthesis.models.prompts import PolicyInput, Step
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
 from websynthesis.pipelines.coevolve import LATER_ROUNDS, ROUND_ZERO, CoEvolution
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
+from websynthesis.roles.parsing import Decision
+from websynthesis.roles.prompts import PolicyInput, Step
 from websynthesis.web.actions import parse_action
 from websynthesis.web.observation import parse_axtree
 

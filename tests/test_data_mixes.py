@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
+from websynthesis.backends.types import Generation, GenerationRequest
 from websynthesis.config import TrainDataConfig
 from websynthesis.data.chat import ChatExample, write_chat_jsonl
 from websynthesis.data.transitions import Transition, write_transitions
-from websynthesis.models.prompts import render
-from websynthesis.models.roles import ModelClient
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.prompts import render
 from websynthesis.training.mixes import MIX_NAMES, build_mix, load_transitions
 from websynthesis.web.actions import parse_action
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from websynthesis.backends.types import Generation, GenerationRequest
 from websynthesis.data.records import JsonlLog, read_records
 from websynthesis.data.tasks import task_from_config
 from websynthesis.data.transitions import read_transitions
@@ -22,8 +23,7 @@ from websynthesis.evaluation.wmla import (
     LookAheadSettings,
     choose,
 )
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
 from websynthesis.web.actions import ANSWER_PHRASE, Action, ActionKind, parse_action
 from websynthesis.web.observation import parse_axtree
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from websynthesis.backends.types import Generation, GenerationRequest
 from websynthesis.config import EnvConfig
 from websynthesis.data.records import read_records
 from websynthesis.env.browsergym_env import BrowserGymEnv, make_env
 from websynthesis.evaluation.agent import Agent, AgentSettings, EpisodeSpec
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
 from websynthesis.web.actions import ANSWER_PHRASE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

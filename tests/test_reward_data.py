@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from websynthesis.models.parsing import ScoreScale, parse_judge, parse_reward
-from websynthesis.models.prompts import JudgeInput, RewardInput
-from websynthesis.models.roles import Role, RoleSettings
+from websynthesis.roles.client import Role, RoleSettings
+from websynthesis.roles.parsing import ScoreScale, parse_judge, parse_reward
+from websynthesis.roles.prompts import JudgeInput, RewardInput
 from websynthesis.search import Node, SearchResult, SearchSettings, StopReason, TerminalKind
 from websynthesis.search.result import TreeStats
 from websynthesis.synthesis.state import WebState, encode_action, history
@@ -281,8 +281,8 @@ def test_targets_read_back_to_their_labels(scale: ScoreScale, episodes_dir: Path
 def test_targets_fit_the_grammars_the_tiny_model_decodes_under(tiny_model_path: Path) -> None:
     import xgrammar as xgr
 
-    from websynthesis.models.grammar import judge_grammar, score_grammar
-    from websynthesis.models.local import LocalBackend
+    from websynthesis.backends.local import LocalBackend
+    from websynthesis.roles.grammar import judge_grammar, score_grammar
 
     backend = LocalBackend(str(tiny_model_path), device="cpu")
     try:

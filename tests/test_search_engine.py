@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from test_search_mcts import STOP, Toy, comparable
 
-from websynthesis.models.batching import BatchingBackend
-from websynthesis.models.types import Backend, Generation, GenerationRequest
+from websynthesis.backends.batching import BatchingBackend
+from websynthesis.backends.types import Backend, Generation, GenerationRequest
 from websynthesis.search import (
     Context,
     EngineSettings,

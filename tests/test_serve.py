@@ -19,8 +19,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from websynthesis import server
+from websynthesis.backends.types import Generation, GenerationRequest
 from websynthesis.config import register_configs
-from websynthesis.models.types import Generation, GenerationRequest
 from websynthesis.server import FaultInjector, build_app, serve_in_background
 
 REPO = Path(__file__).resolve().parents[1]
@@ -316,7 +316,7 @@ def tiny_local(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from websynthesis.models.local import LocalBackend
+    from websynthesis.backends.local import LocalBackend
 
     path = tiny_model
     adapter = tmp_path_factory.mktemp("policy")
@@ -331,8 +331,8 @@ def tiny_local(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.slow
 def test_http_answers_equal_the_local_backend(tiny_local) -> None:
-    from websynthesis.models.openai_backend import OpenAIBackend
-    from websynthesis.models.types import Sampling, generate
+    from websynthesis.backends.openai_backend import OpenAIBackend
+    from websynthesis.backends.types import Sampling, generate
 
     def ask(content: str, **kwargs) -> GenerationRequest:
         sampling = Sampling(**kwargs.pop("sampling", {"max_new_tokens": 10}))

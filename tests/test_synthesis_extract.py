@@ -26,10 +26,10 @@ from test_synthesis_world_policy import (
     search,
 )
 
+from websynthesis.backends.types import GenerationRequest
 from websynthesis.data.chat import read_chat_jsonl
 from websynthesis.data.transitions import read_transitions
-from websynthesis.models.prompts import PolicyInput, Step, WorldModelInput
-from websynthesis.models.types import GenerationRequest
+from websynthesis.roles.prompts import PolicyInput, Step, WorldModelInput
 from websynthesis.search import (
     Node,
     SearchResult,

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 import pytest
 from omegaconf import OmegaConf
 
+from websynthesis.backends.types import Generation, GenerationRequest
 from websynthesis.config import SearchConfig
 from websynthesis.data.tasks import Task
-from websynthesis.models.parsing import ScoreScale
-from websynthesis.models.prompts import PromptStyle
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
+from websynthesis.roles.parsing import ScoreScale
+from websynthesis.roles.prompts import PromptStyle
 from websynthesis.search import (
     Context,
     Node,

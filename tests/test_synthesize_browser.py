@@ -28,8 +28,8 @@ from test_synthesis_world_policy import Website
 
 from websynthesis.config import register_configs
 from websynthesis.data.tasks import instance_id, split_instance
-from websynthesis.models.roles import ModelClient
 from websynthesis.pipelines import synthesize
+from websynthesis.roles.client import ModelClient
 from websynthesis.search import SearchEngine
 from websynthesis.synthesis import TRAJECTORY_KINDS
 

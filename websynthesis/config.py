@@ -66,7 +66,7 @@ class RoleConfig:
 
 @dataclass
 class BatchingConfig:
-    """Gathering concurrent requests into one backend call (``models/batching.py``): with
+    """Gathering concurrent requests into one backend call (``backends/batching.py``): with
     ``enabled``, synthesize.py's engine sends each wave's requests together, in calls of at
     most ``max_batch_size``; ``enabled=false`` (with ``search.concurrent_trees=1``) asks one
     request at a time, as the reference did."""
@@ -85,7 +85,7 @@ class ModelConfig:
     seed: int = 0
     adapters: dict[str, str | None] = field(default_factory=dict)
     backend: Any = MISSING
-    role_backends: dict[str, Any] = field(default_factory=dict)  # models/routing.py
+    role_backends: dict[str, Any] = field(default_factory=dict)  # backends/routing.py
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     cache: bool = True
     batching: BatchingConfig = field(default_factory=BatchingConfig)

@@ -3,7 +3,7 @@
 ``python serve.py model=tiny port=8000`` (the entry point at the root) serves the base model and
 each configured LoRA adapter as model names on ``POST /v1/chat/completions``
 and ``GET /v1/models``, so anything that speaks the OpenAI API (our
-:class:`~websynthesis.models.openai_backend.OpenAIBackend` with
+:class:`~websynthesis.backends.openai_backend.OpenAIBackend` with
 ``grammar_mode=websynthesis``, other tools, several synthesis workers at once)
 can share one loaded model.
 
@@ -44,9 +44,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
+from websynthesis.backends.structured_outputs import StructuredOutputError, request_grammar
+from websynthesis.backends.types import Backend, Generation, GenerationRequest, Sampling
 from websynthesis.counters import Counters
-from websynthesis.models.structured_outputs import StructuredOutputError, request_grammar
-from websynthesis.models.types import Backend, Generation, GenerationRequest, Sampling
 from websynthesis.openai_api import Answer, ChatCompletionRequest, CompletionRequest, unsupported
 
 log = logging.getLogger(__name__)

@@ -32,10 +32,10 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from websynthesis.models.parsing import Decision
-from websynthesis.models.prompts import JudgeInput, PolicyInput, Step, WorldModelInput
-from websynthesis.models.roles import ModelClient, Role
-from websynthesis.models.types import Message
+from websynthesis.backends.types import Message
+from websynthesis.roles.client import ModelClient, Role
+from websynthesis.roles.parsing import Decision
+from websynthesis.roles.prompts import JudgeInput, PolicyInput, Step, WorldModelInput
 from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet
 from websynthesis.web.actions import Action, ActionKind, equivalent
 from websynthesis.web.observation import AXTree

@@ -25,9 +25,9 @@ from websynthesis.counters import Counters
 from websynthesis.data.chat import ChatExample
 from websynthesis.data.policy_examples import policy_example
 from websynthesis.evaluation.wmla import stable_seed
-from websynthesis.models.parsing import failure_label
-from websynthesis.models.prompts import JudgeInput, PolicyInput, Step
-from websynthesis.models.roles import ModelClient
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.parsing import failure_label
+from websynthesis.roles.prompts import JudgeInput, PolicyInput, Step
 from websynthesis.synthesis.policy import POLICY
 from websynthesis.synthesis.state import WebState
 from websynthesis.synthesis.world import ModelWorld

@@ -253,7 +253,7 @@ class CoEvolution:
 
     def _policy_data(self, round_index: int, path: Path) -> dict[str, Any]:
         """Every accepted trajectory so far (MCTS-found, live, earlier imagined), one file."""
-        from websynthesis.models.roles import ModelClient
+        from websynthesis.roles.client import ModelClient
 
         job = self._job("evaluate", path.parent, self._env())
         role = ModelClient.from_config(job.model, backend=_NoBackend()).role("policy")

@@ -33,6 +33,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from websynthesis import tracking
+from websynthesis.backends.batching import BatchingBackend
+from websynthesis.backends.routing import routed_backend
 from websynthesis.data.episodes import latest_episodes
 from websynthesis.data.records import JsonlLog
 from websynthesis.data.tasks import Task, load_tasks
@@ -43,9 +45,7 @@ from websynthesis.evaluation.metrics import Outcome, summarize
 from websynthesis.evaluation.webarena_eval import RoleJudge
 from websynthesis.evaluation.wmla import LookAheadPlanner, LookAheadSettings
 from websynthesis.io import atomic_write_json
-from websynthesis.models.batching import BatchingBackend
-from websynthesis.models.roles import ModelClient
-from websynthesis.models.routing import routed_backend
+from websynthesis.roles.client import ModelClient
 from websynthesis.web.action_sets import action_set
 
 log = logging.getLogger(__name__)

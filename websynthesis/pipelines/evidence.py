@@ -393,7 +393,7 @@ class Evidence:
         trajectories (those ``fidelity`` reads), labelled by the environment, against a
         constant score (:mod:`websynthesis.evaluation.reward_quality`)."""
         from websynthesis.evaluation.reward_quality import quality_report
-        from websynthesis.models.roles import ModelClient
+        from websynthesis.roles.client import ModelClient
 
         reward = _value(self._adapter(seed, "reward_model"))
         job = self.stages.job(

@@ -55,14 +55,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from websynthesis.backends.batching import BatchingBackend
+from websynthesis.backends.cache import CachedBackend
+from websynthesis.backends.routing import routed_backend
+from websynthesis.backends.types import Backend
+from websynthesis.backends.usage import UsageTracker
 from websynthesis.data.tasks import Task, instances, load_tasks, shard_tasks, task_key
 from websynthesis.env.base import EnvError
-from websynthesis.models.batching import BatchingBackend
-from websynthesis.models.cache import CachedBackend
-from websynthesis.models.roles import ModelClient
-from websynthesis.models.routing import routed_backend
-from websynthesis.models.types import Backend
-from websynthesis.models.usage import UsageTracker
+from websynthesis.roles.client import ModelClient
 from websynthesis.search import SearchEngine, SearchResult, StopReason, TreeTask
 from websynthesis.synthesis import (
     TRAJECTORY_KINDS,

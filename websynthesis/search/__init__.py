@@ -4,7 +4,7 @@ Nothing here knows about the web: states and actions are opaque. A problem is
 a :class:`World` plus a :class:`SearchPolicy` (see ``interfaces``);
 :class:`TreeSearch` searches one tree, :class:`SearchEngine` many, so that the
 model calls of all trees meet in the same waves (see
-``websynthesis.models.batching``).
+``websynthesis.backends.batching``).
 """
 
 from websynthesis.search.engine import EngineSettings, Progress, SearchEngine, TreeTask

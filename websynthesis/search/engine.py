@@ -3,7 +3,7 @@
 The reference searched one task at a time, two requests at a time (E1, E2). The
 engine keeps ``concurrent_trees`` trees in flight on one event loop, each with
 up to ``in_flight_per_tree`` iterations. Every model call is a coroutine of the
-problem; behind a :class:`~websynthesis.models.batching.BatchingBackend`, the
+problem; behind a :class:`~websynthesis.backends.batching.BatchingBackend`, the
 calls that all trees issue in the same wave (every tree's proposals, then every
 new child's world step, then every reward) become one backend batch.
 

@@ -38,9 +38,9 @@ from typing import Any
 from websynthesis.data.chat import ChatExample
 from websynthesis.data.policy_examples import check_visible, policy_example, visible_page
 from websynthesis.data.world_model_data import role_target
-from websynthesis.models.parsing import failure_label
-from websynthesis.models.prompts import PolicyInput, ReflectionInput, Step, WorldModelInput
-from websynthesis.models.roles import ModelClient
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.parsing import failure_label
+from websynthesis.roles.prompts import PolicyInput, ReflectionInput, Step, WorldModelInput
 from websynthesis.search import SearchResult, TerminalKind
 from websynthesis.synthesis.policy import POLICY
 from websynthesis.synthesis.state import Goal, WebNode, WebState, history

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 from websynthesis.counters import Counters
 from websynthesis.data.policy_examples import check_visible, visible_page
-from websynthesis.models.parsing import Decision, Parsed, ScoreScale, failure_label
-from websynthesis.models.prompts import PolicyInput, RewardInput
-from websynthesis.models.roles import ModelClient
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.parsing import Decision, Parsed, ScoreScale, failure_label
+from websynthesis.roles.prompts import PolicyInput, RewardInput
 from websynthesis.search import Context, Evaluation, Proposal
 from websynthesis.synthesis.state import Goal, WebState, history
 from websynthesis.web.actions import Action, ActionKind, equivalent

@@ -13,7 +13,7 @@ import math
 from dataclasses import fields
 from typing import Any
 
-from websynthesis.models.parsing import ScoreScale
+from websynthesis.roles.parsing import ScoreScale
 from websynthesis.search import EngineSettings, SearchSettings
 
 DERIVED = ("exploration", "low", "high", "seed")

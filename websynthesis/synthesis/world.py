@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 from websynthesis.counters import Counters
 from websynthesis.data.tasks import Task
-from websynthesis.models.parsing import Failure
-from websynthesis.models.prompts import WorldModelInput
-from websynthesis.models.roles import ModelClient
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.parsing import Failure
+from websynthesis.roles.prompts import WorldModelInput
 from websynthesis.search import StepResult
 from websynthesis.synthesis.state import Goal, WebState
 from websynthesis.web.actions import Action, ActionKind

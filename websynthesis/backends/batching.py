@@ -46,9 +46,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from websynthesis.backends.cache import is_cacheable
+from websynthesis.backends.types import Backend, Generation, GenerationRequest
 from websynthesis.counters import Counters
-from websynthesis.models.cache import is_cacheable
-from websynthesis.models.types import Backend, Generation, GenerationRequest
 
 _Waiter = tuple[GenerationRequest, "asyncio.Future[Generation]", str]
 """A queued request, the future its caller awaits, and its dedup key."""

@@ -37,8 +37,8 @@ from typing import Any, Literal
 import openai
 from openai import AsyncOpenAI
 
+from websynthesis.backends.types import Generation, GenerationRequest, TokenLogprob, derive_seed
 from websynthesis.counters import Counters
-from websynthesis.models.types import Generation, GenerationRequest, TokenLogprob, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class OpenAIBackend:
 
         One loop for the backend's lifetime, rather than the caller's: connections
         are pooled across batches even when each batch is its own ``asyncio.run``
-        (:func:`~websynthesis.models.types.generate`), the client can be closed
+        (:func:`~websynthesis.backends.types.generate`), the client can be closed
         properly, and ``max_concurrency`` bounds all callers together.
         """
         with self._state_lock:

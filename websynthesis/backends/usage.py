@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from decimal import Decimal
 from typing import Any
 
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.backends.types import Generation, GenerationRequest
 
 log = logging.getLogger(__name__)
 

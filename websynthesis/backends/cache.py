@@ -51,8 +51,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from websynthesis.backends.types import Backend, Generation, GenerationRequest, derive_seed
 from websynthesis.counters import Counters
-from websynthesis.models.types import Backend, Generation, GenerationRequest, derive_seed
 
 _KEY_VERSION = 1
 _BUSY_TIMEOUT_S = 60.0
