@@ -56,7 +56,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from websynthesis.backends.batching import BatchingBackend
+from websynthesis.backends.stack import build_stack
 from websynthesis.backends.types import Backend, Generation, GenerationRequest
 from websynthesis.backends.usage import UsageTracker
 from websynthesis.config import register_configs
@@ -138,13 +138,10 @@ def tasks(count: int) -> list[TreeTask[WebState]]:
 def search(cfg: DictConfig, model: Backend, work: list[TreeTask[WebState]]) -> Measured:
     """One synthesis search of ``work`` as ``cfg.search`` says (no extraction, no files)."""
     recorder = Recorder(model)
-    backend: Backend = recorder
-    batcher = None
-    if cfg.model.batching.enabled:
-        batcher = BatchingBackend(backend, max_batch_size=cfg.model.batching.max_batch_size)
-        backend = batcher
+    stack = build_stack(cfg.model, backend=recorder)  # batched as the job would be, no cache
+    batcher = stack.batcher
     usage = UsageTracker()
-    client = ModelClient.from_config(cfg.model, backend=backend, usage=usage)
+    client = ModelClient.from_config(cfg.model, backend=stack.backend, usage=usage)
     world = ModelWorld(client, accept_malformed=cfg.world.accept_malformed_pages)
     policy = WebSearchPolicy(client)
     engine: SearchEngine[WebState, Any] = SearchEngine(

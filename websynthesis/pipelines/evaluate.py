@@ -33,8 +33,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from websynthesis import tracking
-from websynthesis.backends.batching import BatchingBackend
-from websynthesis.backends.routing import routed_backend
+from websynthesis.backends.stack import build_stack
 from websynthesis.data.episodes import latest_episodes
 from websynthesis.data.records import JsonlLog
 from websynthesis.data.tasks import Task, load_tasks
@@ -121,15 +120,15 @@ def _tasks(cfg: DictConfig) -> dict[str, Task | None]:
 def model_client(cfg: DictConfig) -> ModelClient:
     """The model client, the policy's temperature overridden by ``eval.temperature``.
 
-    Batched (concurrent episodes share waves) but never cached, whatever ``model.cache``
+    Batched under ``model.batching`` (concurrent episodes share waves) but never cached,
+    whatever ``model.cache``
     says: the response cache knows an adapter by its path, so an adapter retrained in place
     would be scored on its predecessor's answers.
     """
     model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
     if cfg.eval.temperature is not None:
         model.roles.policy.temperature = float(cfg.eval.temperature)
-    backend = BatchingBackend(routed_backend(model))
-    return ModelClient.from_config(model, backend=backend)
+    return ModelClient.from_config(model, backend=build_stack(model).backend)
 
 
 async def _evaluate_agent(cfg: DictConfig, out: Path) -> dict[str, Any]:

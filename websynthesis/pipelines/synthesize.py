@@ -45,9 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -55,9 +53,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from websynthesis.backends.batching import BatchingBackend
-from websynthesis.backends.cache import CachedBackend
-from websynthesis.backends.routing import routed_backend
+from websynthesis.backends.stack import BackendStack, build_stack
 from websynthesis.backends.types import Backend
 from websynthesis.backends.usage import UsageTracker
 from websynthesis.data.tasks import Task, instances, load_tasks, shard_tasks, task_key
@@ -92,29 +88,11 @@ log = logging.getLogger(__name__)
 WORLDS = ("model", "browser")
 
 
-@dataclass(frozen=True)
-class BackendStack:
-    """The backend the client talks to, and the layers whose statistics are reported."""
-
-    backend: Backend
-    cache: CachedBackend | None
-    batcher: BatchingBackend | None
-
-
 def build_backend(cfg: DictConfig, backend: Backend | None = None) -> BackendStack:
-    """``cfg.model.backend`` and its role backends (or ``backend``), cached, then batched,
-    as configured."""
-    inner = backend if backend is not None else routed_backend(cfg.model)
-    cache = None
-    if cfg.model.cache:
-        path = Path(cfg.paths.cache_dir) / "responses" / f"{cfg.model.name}.sqlite"
-        cache = CachedBackend(inner, path)
-        inner = cache
-    batcher = None
-    if cfg.model.batching.enabled:
-        batcher = BatchingBackend(inner, max_batch_size=cfg.model.batching.max_batch_size)
-        inner = batcher
-    return BackendStack(inner, cache, batcher)
+    """The job's backend stack (:func:`~websynthesis.backends.stack.build_stack`): cached
+    under ``model.cache``, batched under ``model.batching``."""
+    cache_dir = cfg.paths.cache_dir if cfg.model.cache else None
+    return build_stack(cfg.model, backend=backend, cache_dir=cache_dir)
 
 
 def select_tasks(cfg: DictConfig) -> list[Task]:
