@@ -47,7 +47,7 @@ from websynthesis.search import (
     SearchEngine,
     SearchResult,
     SearchSettings,
-    StepResult,
+    StepOutcome,
     TreeSearch,
     TreeTask,
 )
@@ -93,8 +93,8 @@ class TableProblem:
     async def propose(self, context: Context[int, int], k: int) -> list[Proposal[int]]:
         return self.proposals[context.node.state][:k]
 
-    async def step(self, state: int, action: int) -> StepResult[int]:
-        return StepResult(self.next_state[state, action])
+    async def step(self, state: int, action: int) -> StepOutcome[int]:
+        return StepOutcome(self.next_state[state, action])
 
     async def evaluate(self, context: Context[int, int], new_state: int) -> Evaluation:
         parent = context.node.parent
@@ -210,9 +210,9 @@ class ModelProblem:
         texts = await self._ask(f"Next action after {context.node.state!r}?", k, context.seed)
         return [Proposal(self.actions[zlib.crc32(t.encode()) % 6], t) for t in texts]
 
-    async def step(self, state: str, action: str) -> StepResult[str]:
+    async def step(self, state: str, action: str) -> StepOutcome[str]:
         await self._ask(f"Page after {action} on {state!r}?")
-        return StepResult(state if action == "stop" else state + action)
+        return StepOutcome(state if action == "stop" else state + action)
 
     async def evaluate(self, context: Context[str, str], new_state: str) -> Evaluation:
         texts = await self._ask(f"Score {context.node.action} reaching {new_state!r}.")

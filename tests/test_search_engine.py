@@ -18,7 +18,7 @@ from websynthesis.search import (
     SearchEngine,
     SearchResult,
     SearchSettings,
-    StepResult,
+    StepOutcome,
     StopReason,
     TreeSearch,
     TreeTask,
@@ -170,8 +170,8 @@ class ModelToy:
             :k
         ]
 
-    async def step(self, state: str, action: str) -> StepResult[str]:
-        return StepResult(await self._ask("step", "-", state, action))
+    async def step(self, state: str, action: str) -> StepOutcome[str]:
+        return StepOutcome(await self._ask("step", "-", state, action))
 
     async def evaluate(self, context: Context[str, str], new_state: str) -> Evaluation:
         node = context.node

@@ -28,7 +28,7 @@ from websynthesis.search import (
     Proposal,
     SearchResult,
     SearchSettings,
-    StepResult,
+    StepOutcome,
     StopReason,
     TerminalKind,
     TreeSearch,
@@ -97,11 +97,11 @@ class Toy:
                 proposals.append(Proposal(None, thought=raw, error=f"cannot parse {raw!r}"))
         return proposals
 
-    async def step(self, state: str, action: str) -> StepResult[str]:
+    async def step(self, state: str, action: str) -> StepOutcome[str]:
         self.steps += 1
         if self.yield_every_call:
             await asyncio.sleep(0)
-        return StepResult(state if action == STOP else state + action.lower())
+        return StepOutcome(state if action == STOP else state + action.lower())
 
     async def evaluate(self, context: Context[str, str], new_state: str) -> Evaluation:
         self.evaluations += 1
@@ -311,8 +311,8 @@ def test_depth_limit() -> None:
 
 def test_world_can_end_the_episode() -> None:
     class Ending(Toy):
-        async def step(self, state: str, action: str) -> StepResult[str]:
-            return StepResult(state + action, env_reward=0.5, terminal=True)
+        async def step(self, state: str, action: str) -> StepOutcome[str]:
+            return StepOutcome(state + action, env_reward=0.5, terminal=True)
 
     result = search(Ending(table={"": ["a"]}), iterations=3)
     child = result.root.children[0]
@@ -321,9 +321,9 @@ def test_world_can_end_the_episode() -> None:
 
 def test_a_step_the_world_cannot_simulate_is_a_failed_leaf_not_a_crash() -> None:
     class Flaky(Toy):
-        async def step(self, state: str, action: str) -> StepResult[str]:
+        async def step(self, state: str, action: str) -> StepOutcome[str]:
             if action == "z":
-                return StepResult(state, error="no <a11y> block in the answer")
+                return StepOutcome(state, error="no <a11y> block in the answer")
             return await super().step(state, action)
 
     toy = Flaky("ab", table={"": ["z", "a"], "a": ["b"]})

@@ -25,7 +25,7 @@ from websynthesis.search import (
     Context,
     Node,
     SearchSettings,
-    StepResult,
+    StepOutcome,
     StopReason,
     TerminalKind,
     TreeSearch,
@@ -444,15 +444,15 @@ class LiveSite(BrowserWorld):
     async def reset(self, task: Task) -> WebState:
         return WebState(task.task_id, parse_axtree(HOME))
 
-    async def step(self, state: WebState, action: Action) -> StepResult[WebState]:
+    async def step(self, state: WebState, action: Action) -> StepOutcome[WebState]:
         self.prefixes.append(state.actions)
         if action.kind is ActionKind.STOP:
             solved = action.text == "The Dispossessed"
-            return StepResult(state.after(action), env_reward=float(solved), terminal=True)
+            return StepOutcome(state.after(action), env_reward=float(solved), terminal=True)
         page = LEADS_TO.get(action.to_string())
         if page is None:  # the page refuses the action: nothing changes
-            return StepResult(state.after(action), env_reward=0.0)
-        return StepResult(state.after(action, parse_axtree(page)), env_reward=0.0)
+            return StepOutcome(state.after(action), env_reward=0.0)
+        return StepOutcome(state.after(action, parse_axtree(page)), env_reward=0.0)
 
 
 def test_the_same_search_runs_on_a_browser_world_with_its_rewards() -> None:

@@ -13,7 +13,7 @@ from websynthesis.search.interfaces import (
     Evaluation,
     Proposal,
     SearchPolicy,
-    StepResult,
+    StepOutcome,
     World,
 )
 from websynthesis.search.mcts import TreeSearch, backpropagate, select_child
@@ -32,7 +32,7 @@ __all__ = [
     "SearchPolicy",
     "SearchResult",
     "SearchSettings",
-    "StepResult",
+    "StepOutcome",
     "StopReason",
     "TerminalKind",
     "TreeSearch",

@@ -27,7 +27,7 @@ A_contra = TypeVar("A_contra", contravariant=True)
 
 
 @dataclass(frozen=True, slots=True)
-class StepResult(Generic[S]):
+class StepOutcome(Generic[S]):
     """The result of one :meth:`World.step`.
 
     ``env_reward`` is a reward the environment itself gives (a real browser's
@@ -93,7 +93,7 @@ class Context(Generic[S, A]):
 class World(Protocol[S, A_contra]):
     """The dynamics: what an action does to a state."""
 
-    async def step(self, state: S, action: A_contra) -> StepResult[S]:
+    async def step(self, state: S, action: A_contra) -> StepOutcome[S]:
         """Apply ``action`` to ``state``.
 
         Called for every kept action, stops included: a world model should
