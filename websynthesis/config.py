@@ -130,7 +130,8 @@ class SearchConfig:
 class BudgetConfig:
     """What a whole synthesis run may spend, resumes included (``null``: no limit): total
     ``tokens``, and ``cost_usd`` priced from ``prices``. Checked by the run's usage tracker
-    before each new tree; trees already running finish."""
+    before every iteration of every tree: a spent budget stops each tree cleanly (its record
+    says why) and leaves unstarted tasks for the next run."""
 
     tokens: int | None = None
     cost_usd: float | None = None
