@@ -8,9 +8,9 @@ of its configured adapters, on 127.0.0.1 unless ``host`` says otherwise.
 import os
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from websynthesis.backends.stack import build_stack
 from websynthesis.config import register_configs
 from websynthesis.server import run_server
 
@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> None:
             raise SystemExit(f"auth_token_env names {cfg.auth_token_env!r}, which is not set")
     adapters = [name for name, path in (cfg.model.get("adapters") or {}).items() if path]
     run_server(
-        instantiate(cfg.model.backend),
+        build_stack(cfg.model, batch=False).backend,  # the server batches in its own window
         [cfg.model.name, *adapters],
         host=cfg.host,
         port=cfg.port,

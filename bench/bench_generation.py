@@ -39,11 +39,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
-from websynthesis.models.grammar import action_grammar
-from websynthesis.models.loading import choose_attn_implementation
-from websynthesis.models.local import LocalBackend
-from websynthesis.models.tiny import build_tiny_model
-from websynthesis.models.types import Generation, GenerationRequest, Sampling
+from websynthesis.backends.loading import choose_attn_implementation
+from websynthesis.backends.local import LocalBackend
+from websynthesis.backends.tiny import build_tiny_model
+from websynthesis.backends.types import Generation, GenerationRequest, Sampling
+from websynthesis.roles.grammar import action_grammar
 from websynthesis.web.actions import ActionKind, ActionParseError, extract_action
 
 IDS = ["12", "7", "164", "a51", "233"]

@@ -37,17 +37,17 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from websynthesis.models.batching import BatchingBackend
-from websynthesis.models.types import Backend, Generation, GenerationRequest, Sampling
+from websynthesis.backends.batching import BatchingBackend
+from websynthesis.backends.types import Backend, Generation, GenerationRequest, Sampling
 from websynthesis.search import (
     Context,
-    EngineConfig,
+    EngineSettings,
     Evaluation,
     Proposal,
-    SearchConfig,
     SearchEngine,
     SearchResult,
-    Transition,
+    SearchSettings,
+    StepOutcome,
     TreeSearch,
     TreeTask,
 )
@@ -93,8 +93,8 @@ class TableProblem:
     async def propose(self, context: Context[int, int], k: int) -> list[Proposal[int]]:
         return self.proposals[context.node.state][:k]
 
-    async def step(self, state: int, action: int) -> Transition[int]:
-        return Transition(self.next_state[state, action])
+    async def step(self, state: int, action: int) -> StepOutcome[int]:
+        return StepOutcome(self.next_state[state, action])
 
     async def evaluate(self, context: Context[int, int], new_state: int) -> Evaluation:
         parent = context.node.parent
@@ -110,7 +110,7 @@ class TableProblem:
 
 def overhead(iterations: int, profile: bool) -> dict[str, dict[str, float]]:
     problem = TableProblem()
-    config = SearchConfig(branch=2, iterations=iterations, max_depth=20, seed=1)
+    config = SearchSettings(branch=2, iterations=iterations, max_depth=20, seed=1)
     rows: dict[str, dict[str, float]] = {}
 
     def one_tree(batch: bool) -> tuple[float, list[SearchResult[int, int]]]:
@@ -120,9 +120,9 @@ def overhead(iterations: int, profile: bool) -> dict[str, dict[str, float]]:
         return time.perf_counter() - start, [result]
 
     def engine() -> tuple[float, list[SearchResult[int, int]]]:
-        per_tree = SearchConfig(branch=2, iterations=max(iterations // 32, 1), max_depth=20)
+        per_tree = SearchSettings(branch=2, iterations=max(iterations // 32, 1), max_depth=20)
         work = [TreeTask(f"t{i}", i, None) for i in range(32)]
-        search = SearchEngine(problem, problem, per_tree, EngineConfig(concurrent_trees=32))
+        search = SearchEngine(problem, problem, per_tree, EngineSettings(concurrent_trees=32))
         start = time.perf_counter()
         results = search.run(work)
         return time.perf_counter() - start, results
@@ -210,9 +210,9 @@ class ModelProblem:
         texts = await self._ask(f"Next action after {context.node.state!r}?", k, context.seed)
         return [Proposal(self.actions[zlib.crc32(t.encode()) % 6], t) for t in texts]
 
-    async def step(self, state: str, action: str) -> Transition[str]:
+    async def step(self, state: str, action: str) -> StepOutcome[str]:
         await self._ask(f"Page after {action} on {state!r}?")
-        return Transition(state if action == "stop" else state + action)
+        return StepOutcome(state if action == "stop" else state + action)
 
     async def evaluate(self, context: Context[str, str], new_state: str) -> Evaluation:
         texts = await self._ask(f"Score {context.node.action} reaching {new_state!r}.")
@@ -231,7 +231,7 @@ def make_backend(spec: str, batch_ms: float, request_ms: float) -> Backend:
     if spec == "fake":
         return SimulatedGPU(batch_ms / 1000, request_ms / 1000)
     if spec == "tiny":
-        from websynthesis.models.local import LocalBackend
+        from websynthesis.backends.local import LocalBackend
 
         return LocalBackend("tiny", max_batch_size=256)
     module, _, factory = spec.partition(":")
@@ -242,9 +242,9 @@ def make_backend(spec: str, batch_ms: float, request_ms: float) -> Backend:
 def batching(args: argparse.Namespace) -> dict[str, Any]:
     inner = make_backend(args.backend, args.batch_ms, args.request_ms)
     work = [TreeTask(f"t{i}", f"task{i}:", None) for i in range(args.trees)]  # no shared prompts
-    config = SearchConfig(branch=2, iterations=args.iterations, max_depth=8)
+    config = SearchSettings(branch=2, iterations=args.iterations, max_depth=8)
 
-    def measure(backend: Backend, engine: EngineConfig) -> dict[str, float]:
+    def measure(backend: Backend, engine: EngineSettings) -> dict[str, float]:
         problem = ModelProblem(backend, args.max_new_tokens)
         start = time.perf_counter()
         results = SearchEngine(problem, problem, config, engine).run(work)
@@ -260,9 +260,9 @@ def batching(args: argparse.Namespace) -> dict[str, Any]:
 
     warm_up = GenerationRequest(({"role": "user", "content": "warm up"},))
     asyncio.run(inner.agenerate([warm_up]))  # lazy loading is nobody's cost
-    sequential = measure(inner, EngineConfig(concurrent_trees=1, batch=False))
+    sequential = measure(inner, EngineSettings(concurrent_trees=1, batch=False))
     batcher = BatchingBackend(inner, max_batch_size=args.max_batch_size)
-    concurrent = measure(batcher, EngineConfig(concurrent_trees=args.trees))
+    concurrent = measure(batcher, EngineSettings(concurrent_trees=args.trees))
     concurrent.update(batcher.stats.to_dict())
     inner.close()
     return {

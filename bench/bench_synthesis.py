@@ -10,8 +10,8 @@
 the tiny model's :class:`LocalBackend`, :class:`ModelClient`, :class:`ModelWorld`,
 :class:`WebSearchPolicy`, :class:`SearchEngine`), on ``--trees`` tasks (the demo tasks
 under distinct ids, so distinct seeds), searched (1) one tree and one request at a time
-(``search.concurrent_trees=1 search.batch=false``, the reference's way) and (2) all trees at
-once behind the :class:`BatchingBackend`. No response cache. Same seeds, so both searches
+(``search.concurrent_trees=1 model.batching.enabled=false``, the reference's way) and (2) all
+trees at once behind the :class:`BatchingBackend`. No response cache. Same seeds, so both searches
 build the same trees (checked): the same node budget. Each search starts with a cold
 grammar cache (neither warms the other's). Reported: node expansions/s of both and their
 ratio (target >= 5x), the same per CPU second of this process (what other processes on a
@@ -56,20 +56,20 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from websynthesis.backends.stack import build_stack
+from websynthesis.backends.types import Backend, Generation, GenerationRequest
+from websynthesis.backends.usage import UsageTracker
 from websynthesis.config import register_configs
 from websynthesis.data.tasks import load_tasks
-from websynthesis.models.batching import BatchingBackend
-from websynthesis.models.roles import ModelClient
-from websynthesis.models.types import Backend, Generation, GenerationRequest
-from websynthesis.models.usage import UsageTracker
+from websynthesis.roles.client import ModelClient
 from websynthesis.search import SearchEngine, SearchResult, TreeTask
 from websynthesis.synthesis import (
     Goal,
     ModelWorld,
     WebSearchPolicy,
     WebState,
-    core_search_config,
-    engine_config,
+    engine_settings,
+    search_settings,
 )
 from websynthesis.web.actions import ANSWER_PHRASE
 from websynthesis.web.observation import parse_axtree
@@ -138,20 +138,17 @@ def tasks(count: int) -> list[TreeTask[WebState]]:
 def search(cfg: DictConfig, model: Backend, work: list[TreeTask[WebState]]) -> Measured:
     """One synthesis search of ``work`` as ``cfg.search`` says (no extraction, no files)."""
     recorder = Recorder(model)
-    backend: Backend = recorder
-    batcher = None
-    if cfg.search.batch:
-        batcher = BatchingBackend(backend, max_batch_size=cfg.search.max_batch_size)
-        backend = batcher
+    stack = build_stack(cfg.model, backend=recorder)  # batched as the job would be, no cache
+    batcher = stack.batcher
     usage = UsageTracker()
-    client = ModelClient.from_config(cfg.model, backend=backend, usage=usage)
-    world = ModelWorld(client, accept_malformed=cfg.search.accept_malformed_pages)
+    client = ModelClient.from_config(cfg.model, backend=stack.backend, usage=usage)
+    world = ModelWorld(client, accept_malformed=cfg.world.accept_malformed_pages)
     policy = WebSearchPolicy(client)
     engine: SearchEngine[WebState, Any] = SearchEngine(
         world,
         policy,
-        core_search_config(cfg.search, policy.scale, int(cfg.seed)),
-        engine_config(cfg.search),
+        search_settings(cfg.search, policy.scale, int(cfg.seed)),
+        engine_settings(cfg.search, cfg.model.batching),
     )
     # Every search compiles its own grammars: the first one measured must not warm the second's.
     getattr(model, "__dict__", {}).pop("grammars", None)
@@ -198,15 +195,20 @@ def raw_throughput(model: Backend, requests: list[GenerationRequest], batch: int
 
 def throughput(args: argparse.Namespace, model: Backend, overrides: list[str]) -> dict[str, Any]:
     work = tasks(args.trees)
-    shape = {"in_flight_per_tree": args.in_flight, "max_batch_size": args.max_batch}
+    shape = {
+        "search.in_flight_per_tree": args.in_flight,
+        "model.batching.max_batch_size": args.max_batch,
+    }
     batched_cfg = compose_config(
         *overrides,
         f"search.concurrent_trees={args.trees}",
-        *(f"search.{key}={value}" for key, value in shape.items() if value is not None),
+        *(f"{key}={value}" for key, value in shape.items() if value is not None),
     )
     report: dict[str, Any] = {"trees": args.trees}
     if args.baseline:
-        one_cfg = compose_config(*overrides, "search.concurrent_trees=1", "search.batch=false")
+        one_cfg = compose_config(
+            *overrides, "search.concurrent_trees=1", "model.batching.enabled=false"
+        )
         one = search(one_cfg, model, work)
         report["one at a time"] = one.row()
     batched = search(batched_cfg, model, work)
@@ -221,7 +223,7 @@ def throughput(args: argparse.Namespace, model: Backend, overrides: list[str]) -
         report["cpu_ratio"] = (
             batched.row()["expansions_per_cpu_s"] / one.row()["expansions_per_cpu_s"]
         )
-    raw = raw_throughput(model, batched.requests, batched_cfg.search.max_batch_size)
+    raw = raw_throughput(model, batched.requests, batched_cfg.model.batching.max_batch_size)
     report["raw_tokens_per_s"] = raw
     report["search_over_raw"] = batched.row()["completion_tokens_per_s"] / raw
     return report

@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 from corpus import page_tasks
 
+from websynthesis.backends.loading import choose_attn_implementation, load_model, load_tokenizer
+from websynthesis.backends.tiny import build_tiny_model
 from websynthesis.config import LoraConfig, OptimConfig
 from websynthesis.data.chat import ChatExample
-from websynthesis.models.loading import choose_attn_implementation, load_model, load_tokenizer
-from websynthesis.models.tiny import build_tiny_model
 from websynthesis.training.collate import as_features, pack_collate, pad_collate, plan_batches
 from websynthesis.training.module import LoraModule, attach_lora
 from websynthesis.training.tokenize import Tokenized, tokenize_examples

@@ -48,13 +48,13 @@ under the same grammar (a random *valid* action of the environment's declared ac
 def main(cfg: DictConfig) -> None:
     from websynthesis.evaluation import evidence_report as report
     from websynthesis.io import atomic_write_json, atomic_write_text
-    from websynthesis.pipelines import evidence
+    from websynthesis.pipelines import evidence, evidence_results
 
     out = Path(cfg.paths.output_dir)
     profile = HydraConfig.get().runtime.choices.get("evidence", "")
     # report_only: the report of what has finished so far, no stage run (e.g. while a long
     # run goes on in another process, or after one was stopped)
-    results = evidence.results(cfg, out) if cfg.report_only else evidence.run(cfg)
+    results = evidence_results.results(cfg, out) if cfg.report_only else evidence.run(cfg)
     # Every stage's wall time over the sessions that ran it (state.json): a resumed run adds
     # up, and rewriting the report of a finished run adds nothing.
     results["wall_time_min"] = round(sum(results["stage_minutes"].values()), 1)

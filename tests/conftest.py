@@ -56,7 +56,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
     """The tiny random Qwen2 model, built once per session in the session cache."""
-    from websynthesis.models.tiny import build_tiny_model
+    from websynthesis.backends.tiny import build_tiny_model
 
     return build_tiny_model()
 

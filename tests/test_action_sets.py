@@ -14,13 +14,14 @@ import pytest
 import xgrammar as xgr
 from omegaconf import DictConfig
 
+from websynthesis.backends.constraints import GrammarCompiler
+from websynthesis.backends.local import LocalBackend
 from websynthesis.data.tasks import TaskFileError, task_from_config
 from websynthesis.evaluation.baselines import RandomClick, baseline, clickable_ids
-from websynthesis.models.grammar import GrammarCompiler, action_grammar
-from websynthesis.models.local import LocalBackend
-from websynthesis.models.parsing import Failure, parse_policy
-from websynthesis.models.prompts import PolicyInput, policy_messages
-from websynthesis.models.roles import ModelClient
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.grammar import action_grammar
+from websynthesis.roles.parsing import Failure, parse_policy
+from websynthesis.roles.prompts import PolicyInput, policy_messages
 from websynthesis.web.action_sets import (
     WEBARENA_ACTIONS,
     action_names,

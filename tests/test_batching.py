@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from websynthesis.models.batching import BatchingBackend
-from websynthesis.models.types import Generation, GenerationRequest, Sampling
+from websynthesis.backends.batching import BatchingBackend
+from websynthesis.backends.types import Generation, GenerationRequest, Sampling
 
 
 class Recorder:
@@ -227,6 +227,61 @@ def test_a_loop_closed_mid_wave_does_not_block_the_next_one() -> None:
     assert [r.messages[0]["content"] for b in inner.batches for r in b] == ["next"]
 
 
+def test_a_window_gathers_requests_arriving_over_milliseconds() -> None:
+    """A server's callers do not share a loop turn: the window waits for them."""
+    inner = Recorder()
+    backend = BatchingBackend(inner, window_s=0.2)
+
+    async def after(delay: float, content: str) -> Generation:
+        await asyncio.sleep(delay)
+        return await one(backend, content)
+
+    async def main() -> None:
+        await asyncio.gather(*(after(0.01 * i, f"q{i}") for i in range(5)))
+
+    asyncio.run(main())
+    assert [len(b) for b in inner.batches] == [5]
+
+
+def test_a_full_batch_does_not_wait_out_its_window() -> None:
+    inner = Recorder()
+    backend = BatchingBackend(inner, max_batch_size=4, window_s=30.0)
+
+    async def main() -> None:
+        await asyncio.wait_for(asyncio.gather(*(one(backend, f"q{i}") for i in range(4))), 5)
+
+    asyncio.run(main())
+    assert [len(b) for b in inner.batches] == [4]
+
+
+def test_without_dedup_identical_requests_are_each_sent() -> None:
+    inner = Recorder()
+    backend = BatchingBackend(inner, dedup=False)
+
+    async def main() -> list[Generation]:
+        return list(await asyncio.gather(*(one(backend, "same") for _ in range(3))))
+
+    answers = asyncio.run(main())
+    assert [len(b) for b in inner.batches] == [3] and backend.stats.dedup_hits == 0
+    assert all(a.completion_tokens == 3 and not a.cached for a in answers)
+
+
+def test_a_loop_closed_mid_window_does_not_block_the_next_one() -> None:
+    inner = Recorder()
+    backend = BatchingBackend(inner, window_s=0.5)
+    loop = asyncio.new_event_loop()
+    abandoned = loop.create_task(one(backend, "abandoned"))
+    loop.run_until_complete(asyncio.sleep(0.05))  # settled: the window is open
+    abandoned.cancel()
+    loop.close()
+
+    async def next_run() -> Generation:
+        return await asyncio.wait_for(one(backend, "next"), timeout=5)
+
+    assert asyncio.run(next_run()).texts == ["echo:next#1"]
+    assert [r.messages[0]["content"] for b in inner.batches for r in b] == ["next"]
+
+
 def test_wrapper_plumbing() -> None:
     inner = Recorder()
     backend = BatchingBackend(inner)
@@ -236,3 +291,5 @@ def test_wrapper_plumbing() -> None:
     assert inner.closed
     with pytest.raises(ValueError):
         BatchingBackend(inner, max_batch_size=0)
+    with pytest.raises(ValueError):
+        BatchingBackend(inner, window_s=-1)

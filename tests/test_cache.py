@@ -14,8 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from websynthesis.models.cache import CachedBackend
-from websynthesis.models.types import Generation, GenerationRequest, Sampling, derive_seed, generate
+from websynthesis.backends.cache import CachedBackend
+from websynthesis.backends.types import (
+    Generation,
+    GenerationRequest,
+    Sampling,
+    derive_seed,
+    generate,
+)
 
 
 class SeededBackend:
@@ -227,7 +233,7 @@ def test_derived_seeds_do_not_collide_with_neighbouring_seeds() -> None:
 def test_a_servers_answers_are_keyed_on_the_server_and_what_it_serves() -> None:
     """Another server, dialect or revision of the same served name is another identity:
     an adapter retrained and re-served as "policy" is not answered from the old cache."""
-    from websynthesis.models.openai_backend import OpenAIBackend
+    from websynthesis.backends.openai_backend import OpenAIBackend
 
     def identity(**changes: object) -> object:
         settings = {"model": "policy", "base_url": "http://127.0.0.1:8000/v1"} | changes

@@ -48,13 +48,13 @@ def test_captured_first_pages_are_what_synthesize_searches(
     ]  # fmt: skip
     raw.write_text(json.dumps(configs, indent=2))
 
-    refused = python("synthesize.py", f"data.tasks={raw}", "model=tiny", "logger=none",
+    refused = python("synthesize.py", f"taskset.path={raw}", "model=tiny", "logger=none",
                      f"hydra.run.dir={tmp_path / 'refused'}")  # fmt: skip
     assert refused.returncode != 0
     assert "none of the 3 tasks" in refused.stderr and "websynthesis.env.capture" in refused.stderr
 
     out = tmp_path / "tasks_with_state.jsonl"
-    captured = python("-m", "websynthesis.env.capture", f"data.tasks={raw}",
+    captured = python("-m", "websynthesis.env.capture", f"taskset.path={raw}",
                       f"env.site_urls.shopping={url}", f"out={out}", "env.login=false",
                       f"hydra.run.dir={tmp_path / 'capture'}")  # fmt: skip
     assert captured.returncode == 0, captured.stderr[-3000:]
@@ -73,7 +73,7 @@ def test_captured_first_pages_are_what_synthesize_searches(
 
     run_dir = tmp_path / "synth"
     searched = python(
-        "synthesize.py", f"data.tasks={out}", "model=tiny", "logger=none", "progress=false",
+        "synthesize.py", f"taskset.path={out}", "model=tiny", "logger=none", "progress=false",
         f"paths.cache_dir={tiny_model_path.parents[1]}", "search=small", "search.iterations=2",
         "model.roles.world_model.max_new_tokens=64", f"hydra.run.dir={run_dir}",
     )  # fmt: skip

@@ -17,11 +17,11 @@ from websynthesis.config import CoevolveConfig, register_configs
 from websynthesis.data.chat import ChatExample
 from websynthesis.data.episodes import episode_examples, read_episodes
 from websynthesis.evolution import report
-from websynthesis.evolution.imagine import ImagineConfig, Query, imagine
-from websynthesis.models.parsing import Decision
-from websynthesis.models.prompts import PolicyInput, Step
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
+from websynthesis.evolution.imagine import ImagineSettings, Query, imagine
 from websynthesis.pipelines.coevolve import LATER_ROUNDS, ROUND_ZERO, CoEvolution
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
+from websynthesis.roles.parsing import Decision
+from websynthesis.roles.prompts import PolicyInput, Step
 from websynthesis.web.actions import parse_action
 from websynthesis.web.observation import parse_axtree
 
@@ -217,7 +217,7 @@ def tiny(tiny_model_config: Callable[..., DictConfig]) -> Iterator[ModelClient]:
 @pytest.mark.slow
 def test_imagined_trajectories_are_counted_and_valid(tiny: ModelClient) -> None:
     queries = [Query(f"enter-text@{i}", GOAL, parse_axtree(PAGE)) for i in range(3)]
-    config = ImagineConfig(max_steps=2, threshold=0.0)
+    config = ImagineSettings(max_steps=2, threshold=0.0)
     examples, stats = asyncio.run(imagine(tiny, queries, config))
     outcomes = stats.outcomes
     assert sum(outcomes.values()) == len(queries), outcomes  # every query has one outcome

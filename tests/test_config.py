@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from websynthesis.config import register_configs
+from websynthesis.config import SearchConfig, register_configs
+from websynthesis.search import SearchSettings
+from websynthesis.synthesis.settings import DERIVED, SHARED
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 PRIMARY = ("train", "synthesize", "evaluate", "serve")
@@ -44,8 +47,8 @@ def test_per_request_http_lines_are_debug_not_info(name: str) -> None:
 def test_every_group_option_composes() -> None:
     groups = {
         "synthesize": [
-            "data=demo",
-            "data=webarena",
+            "taskset=demo",
+            "taskset=webarena",
             "search=default",
             "search=small",
             "model=qwen2_5_7b",
@@ -69,6 +72,19 @@ def test_search_small_extends_default() -> None:
     assert cfg.search.iterations == 4 and cfg.search.exploration_constant == 0.7
 
 
+def test_the_search_group_holds_the_core_knobs_under_their_names() -> None:
+    """One search schema: ``cfg.search`` is the core's knobs (less the ones derived from the
+    reward scale and the job) plus how trees run together; nothing else."""
+    web = {f.name for f in fields(SearchConfig)}
+    core = {f.name for f in fields(SearchSettings)}
+    assert set(SHARED) == core - set(DERIVED) and set(DERIVED) <= core
+    assert web - set(SHARED) == {"exploration_constant", "concurrent_trees", "in_flight_per_tree"}
+    cfg = compose(config_name="synthesize")
+    assert set(cfg.search) == web
+    assert cfg.model.batching.enabled and cfg.budget.tokens is None
+    assert cfg.world.accept_malformed_pages is False
+
+
 def test_synthesize_searches_the_world_model_unless_told_otherwise() -> None:
     cfg = compose(config_name="synthesize")
     assert cfg.world.name == "model" and cfg.env.name == "miniwob"
@@ -86,7 +102,7 @@ def test_experiment_is_added_with_plus() -> None:
     [
         ("search.iterations=abc", "could not be converted to Integer"),
         ("search.iteratons=5", "Key 'iteratons' not in 'SearchConfig'"),
-        ("search.batch=maybe", "is not a valid bool"),
+        ("model.batching.enabled=maybe", "is not a valid bool"),
         ("model.roles.policy.temperature=hot", "could not be converted to Float"),
         ("shard=first", "could not be converted to Integer"),
         ("serach=small", "Could not override 'serach'"),

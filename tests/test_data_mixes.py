@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from websynthesis.config import DataConfig
+from websynthesis.backends.types import Generation, GenerationRequest
+from websynthesis.config import TrainDataConfig
 from websynthesis.data.chat import ChatExample, write_chat_jsonl
 from websynthesis.data.transitions import Transition, write_transitions
-from websynthesis.models.prompts import render
-from websynthesis.models.roles import ModelClient
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.prompts import render
 from websynthesis.training.mixes import MIX_NAMES, build_mix, load_transitions
 from websynthesis.web.actions import parse_action
 
@@ -166,6 +166,6 @@ def test_empty_mixes_are_errors_and_missing_teachers_are_counted(
 
 
 def test_a_structured_data_config_reads_with_defaults(sources: dict[str, Any]) -> None:
-    data = OmegaConf.structured(DataConfig)
+    data = OmegaConf.structured(TrainDataConfig)
     data.train_files = {"valuable": str(Path(sources["trajectories_dir"]) / "valuable.jsonl")}
     assert len(build_mix("valuable", data, ModelClient(Teacher(), {}))) == 2

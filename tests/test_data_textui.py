@@ -16,6 +16,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+from websynthesis.backends.cache import CachedBackend
+from websynthesis.backends.types import Generation, GenerationRequest
 from websynthesis.config import register_configs
 from websynthesis.data.tasks import Task
 from websynthesis.data.textui import (
@@ -32,10 +34,8 @@ from websynthesis.data.textui import (
     transition_examples,
 )
 from websynthesis.data.transitions import Transition
-from websynthesis.models.cache import CachedBackend
-from websynthesis.models.prompts import render
-from websynthesis.models.roles import ModelClient
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.prompts import render
 from websynthesis.web.actions import parse_action
 from websynthesis.web.observation import diff_trees, parse_axtree
 

@@ -22,8 +22,8 @@ from websynthesis.data.world_model_data import (
     world_model_examples,
 )
 from websynthesis.io import DataFileError
-from websynthesis.models.prompts import PromptStyle, WorldModelInput
-from websynthesis.models.roles import Role, RoleSettings
+from websynthesis.roles.client import Role, RoleSettings
+from websynthesis.roles.prompts import PromptStyle, WorldModelInput
 from websynthesis.training.mixes import build_mix, student_role
 from websynthesis.web.actions import parse_action
 from websynthesis.web.observation import parse_axtree

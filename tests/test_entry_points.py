@@ -76,7 +76,7 @@ def test_multirun_gives_one_dir_per_job(tmp_path: Path, tiny_model_path: Path) -
         "-m",
         "+experiment=demo",
         "search=default,small",
-        "data.limit=1",
+        "taskset.limit=1",
         f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr

@@ -11,19 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from websynthesis.backends.types import Generation, GenerationRequest
 from websynthesis.data.records import JsonlLog, read_records
 from websynthesis.data.tasks import task_from_config
 from websynthesis.data.transitions import read_transitions
 from websynthesis.env.base import EnvError, Observation, StepResult
-from websynthesis.evaluation.agent import Agent, AgentConfig, Episode, EpisodeSpec
+from websynthesis.evaluation.agent import Agent, AgentSettings, Episode, EpisodeSpec
 from websynthesis.evaluation.wmla import (
     Candidate,
-    LookAheadConfig,
     LookAheadPlanner,
+    LookAheadSettings,
     choose,
 )
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
 from websynthesis.web.actions import ANSWER_PHRASE, Action, ActionKind, parse_action
 from websynthesis.web.observation import parse_axtree
 
@@ -126,7 +126,7 @@ def test_episode_success_transitions_and_training_prompt(tmp_path: Path) -> None
     actions = iter(["type [5] [Ada] [0]", "click [3]"])
     script = Script(policy=lambda prompt, request: answer(next(actions)))
     log = JsonlLog(tmp_path / "transitions.jsonl")
-    agent = Agent(client_for(script), AgentConfig(max_steps=5), transitions=log)
+    agent = Agent(client_for(script), AgentSettings(max_steps=5), transitions=log)
     episode = run(agent, FormEnv())
     record = episode.to_record()
     assert (record["success"], record["steps"], record["end"], record["error"]) == (
@@ -152,7 +152,7 @@ def test_unusable_answers_are_counted_failure_steps() -> None:
     roles_retry_free.roles["policy"] = Role(
         "policy", RoleSettings("policy", temperature=1.0, max_retries=0)
     )
-    episode = run(Agent(roles_retry_free, AgentConfig(max_steps=5)), FormEnv())
+    episode = run(Agent(roles_retry_free, AgentSettings(max_steps=5)), FormEnv())
     assert episode.success and episode.steps == 3 and episode.error is None
     assert dict(episode.policy_failures) == {"no_action": 1, "invalid_action": 1}
     assert episode.actions == ["<no_action>", "<invalid_action>", "click [3]"]
@@ -160,14 +160,14 @@ def test_unusable_answers_are_counted_failure_steps() -> None:
 
 def test_too_many_failures_in_a_row_end_the_episode() -> None:
     script = Script(policy=lambda prompt, request: "no idea")
-    episode = run(Agent(client_for(script), AgentConfig(max_steps=10, max_failures=2)), FormEnv())
+    episode = run(Agent(client_for(script), AgentSettings(max_steps=10, max_failures=2)), FormEnv())
     assert (episode.success, episode.steps, episode.end) == (False, 2, "policy_failures")
     assert episode.error is None  # the agent's failure, not the environment's
 
 
 def test_step_limit_and_different_seeds_per_attempt() -> None:
     script = Script(policy=lambda prompt, request: answer("type [5] [x] [0]"))
-    agent = Agent(client_for(script), AgentConfig(max_steps=3))
+    agent = Agent(client_for(script), AgentSettings(max_steps=3))
     for attempt in (0, 1):
         episode = run(agent, FormEnv(), attempt=attempt)
         assert (episode.success, episode.steps, episode.end) == (False, 3, "max_steps")
@@ -178,7 +178,7 @@ def test_step_limit_and_different_seeds_per_attempt() -> None:
 def test_environment_failures_are_errors_not_agent_failures(tmp_path: Path) -> None:
     script = Script(policy=lambda prompt, request: answer("type [5] [x] [0]"))
     log = JsonlLog(tmp_path / "transitions.jsonl")
-    agent = Agent(client_for(script), AgentConfig(max_steps=5), transitions=log)
+    agent = Agent(client_for(script), AgentSettings(max_steps=5), transitions=log)
     crashed = run(agent, FormEnv(crash_at=2))
     assert crashed.error == "environment failure: died" and crashed.end == "env_error"
     assert crashed.success is None and crashed.steps == 2
@@ -189,7 +189,7 @@ def test_environment_failures_are_errors_not_agent_failures(tmp_path: Path) -> N
 
 def test_stop_is_the_answer() -> None:
     script = Script(policy=lambda prompt, request: answer("stop [42]"))
-    episode = run(Agent(client_for(script), AgentConfig()), FormEnv())
+    episode = run(Agent(client_for(script), AgentSettings()), FormEnv())
     assert (episode.answer, episode.end, episode.success) == ("42", "stop", False)
 
 
@@ -222,8 +222,8 @@ def judge(prompt: str) -> str:
 def test_every_candidate_gets_a_real_simulation_and_the_best_runs(tmp_path: Path) -> None:
     script = Script(policy=wmla_policy, world_model=world_model, judge=judge)
     client = client_for(script)
-    planner = LookAheadPlanner(client, LookAheadConfig(candidates=3, depth=1))
-    agent = Agent(client, AgentConfig(), planner=planner, lookahead_log=JsonlLog(tmp_path / "w"))
+    planner = LookAheadPlanner(client, LookAheadSettings(candidates=3, depth=1))
+    agent = Agent(client, AgentSettings(), planner=planner, lookahead_log=JsonlLog(tmp_path / "w"))
     episode = run(agent, FormEnv())
     assert episode.success and episode.actions == ["click [3]"]
     [step] = episode.wmla
@@ -249,7 +249,7 @@ def test_every_candidate_gets_a_real_simulation_and_the_best_runs(tmp_path: Path
 def test_depth_two_lets_the_policy_act_inside_the_imagination() -> None:
     script = Script(policy=wmla_policy, world_model=world_model, judge=judge)
     client = client_for(script)
-    planner = LookAheadPlanner(client, LookAheadConfig(candidates=2, depth=2))
+    planner = LookAheadPlanner(client, LookAheadSettings(candidates=2, depth=2))
     look = asyncio.run(planner.plan("Submit the form", parse_axtree(FORM), (), ("t", 0, 0, 0)))
     for candidate in look.candidates:
         assert candidate.imagined == ["stop []"] and candidate.ended == "imagined_stop"
@@ -263,7 +263,7 @@ def test_stop_candidates_are_judged_on_their_answer_without_simulation() -> None
         return answer("stop [42]" if request.sampling.temperature == 0 else "click [3]")
 
     script = Script(policy=policy, world_model=world_model, judge=judge)
-    planner = LookAheadPlanner(client_for(script), LookAheadConfig(candidates=2))
+    planner = LookAheadPlanner(client_for(script), LookAheadSettings(candidates=2))
     look = asyncio.run(planner.plan("Answer", parse_axtree(FORM), (), "k"))
     stop, click = look.candidates
     assert stop.pages == [] and click.pages != []
@@ -274,7 +274,7 @@ def test_stop_candidates_are_judged_on_their_answer_without_simulation() -> None
 
 def test_a_failed_simulation_is_unscored_never_judged_empty() -> None:
     script = Script(policy=wmla_policy, world_model=lambda prompt: "no page here", judge=judge)
-    planner = LookAheadPlanner(client_for(script), LookAheadConfig(candidates=3))
+    planner = LookAheadPlanner(client_for(script), LookAheadSettings(candidates=3))
     look = asyncio.run(planner.plan("Submit the form", parse_axtree(FORM), (), "k"))
     assert script.asked("judge") == []
     assert all(c.score is None and c.ended == "world_model:no_tree" for c in look.candidates)
@@ -294,9 +294,9 @@ def test_tie_break_prefers_the_greedy_then_proposal_order() -> None:
 
 def test_lookahead_config_is_checked() -> None:
     with pytest.raises(ValueError):
-        LookAheadConfig(candidates=0)
+        LookAheadSettings(candidates=0)
     with pytest.raises(ValueError):
-        LookAheadConfig(temperature=0.0)
+        LookAheadSettings(temperature=0.0)
 
 
 def test_a_task_with_a_webarena_spec_is_scored_by_its_evaluators() -> None:
@@ -307,13 +307,13 @@ def test_a_task_with_a_webarena_spec_is_scored_by_its_evaluators() -> None:
     }
     task = task_from_config({"task_id": 7, "intent": "What is the answer?", "eval": spec})
     script = Script(policy=lambda prompt, request: answer("stop [It is 42]"))
-    agent = Agent(client_for(script), AgentConfig())
+    agent = Agent(client_for(script), AgentSettings())
     episode = asyncio.run(agent.run(FormEnv(), EpisodeSpec("7", 0, 0, task)))
     assert episode.success is True and episode.evaluation["score"] == 1.0
     assert "OBJECTIVE:\nWhat is the answer?" in script.asked("policy")[0]  # the task's intent
     wrong = Script(policy=lambda prompt, request: answer("stop [41]"))
     episode = asyncio.run(
-        Agent(client_for(wrong), AgentConfig()).run(FormEnv(), EpisodeSpec("7", 0, 0, task))
+        Agent(client_for(wrong), AgentSettings()).run(FormEnv(), EpisodeSpec("7", 0, 0, task))
     )
     assert episode.success is False
     fuzzy = {**spec, "reference_answers": {"fuzzy_match": ["42"]}}

@@ -17,12 +17,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from websynthesis.backends.types import Generation, GenerationRequest
 from websynthesis.config import EnvConfig
 from websynthesis.data.records import read_records
 from websynthesis.env.browsergym_env import BrowserGymEnv, make_env
-from websynthesis.evaluation.agent import Agent, AgentConfig, EpisodeSpec
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.evaluation.agent import Agent, AgentSettings, EpisodeSpec
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
 from websynthesis.web.actions import ANSWER_PHRASE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ def test_browser_killed_mid_episode_is_an_error_and_the_run_goes_on() -> None:
     with make_env(EnvConfig(name="miniwob", step_timeout_s=20, max_steps=5)) as env:
         backend = _Scroller(env, kill_at=2)
         client = ModelClient(backend, {"policy": Role("policy", RoleSettings("policy"))})
-        agent = Agent(client, AgentConfig(max_steps=2))
+        agent = Agent(client, AgentSettings(max_steps=2))
 
         async def two_episodes() -> list:
             return [await agent.run(env, EpisodeSpec("click-button", 1000 + a, a)) for a in (0, 1)]

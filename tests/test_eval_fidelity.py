@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from websynthesis.backends.types import Generation, GenerationRequest
 from websynthesis.evaluation.fidelity import (
     evaluate_fidelity,
     id_preservation,
     load_transitions,
     score_prediction,
 )
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
 from websynthesis.web.observation import AXTree, parse_axtree
 
 BEFORE = (

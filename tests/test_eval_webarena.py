@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from websynthesis.backends.types import Generation, GenerationRequest
 from websynthesis.data.tasks import Task, task_from_config
 from websynthesis.env.base import EnvError
 from websynthesis.evaluation.webarena_eval import (
@@ -21,8 +22,7 @@ from websynthesis.evaluation.webarena_eval import (
     reddit_post_url,
     tokenize,
 )
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
 
 HOST = "http://ec2-3-14-123-57.us-east-2.compute.amazonaws.com"
 

@@ -23,13 +23,8 @@ from websynthesis.evaluation.replay import (
     replay,
     reproduction,
 )
-from websynthesis.pipelines.evidence import (
-    ARMS,
-    first_pages,
-    live_real_steps,
-    results,
-    within_budget,
-)
+from websynthesis.pipelines.evidence import first_pages, live_real_steps, within_budget
+from websynthesis.pipelines.evidence_results import ARMS, results
 from websynthesis.pipelines.stages import StagedRun
 from websynthesis.web.actions import Action, format_response, parse_action
 from websynthesis.web.observation import parse_axtree

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import xgrammar as xgr
 
-from websynthesis.models.grammar import (
-    GrammarCompiler,
+from websynthesis.backends.constraints import GrammarCompiler
+from websynthesis.backends.local import LocalBackend
+from websynthesis.backends.types import Generation, GenerationRequest, Sampling, generate
+from websynthesis.roles.grammar import (
     a11y_grammar,
     action_grammar,
     go_back_grammar,
     judge_grammar,
     score_grammar,
 )
-from websynthesis.models.local import LocalBackend
-from websynthesis.models.types import Generation, GenerationRequest, Sampling, generate
 from websynthesis.web.actions import (
     ANSWER_PHRASE,
     ActionKind,

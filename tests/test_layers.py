@@ -17,9 +17,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "websynthesis"
 
 # Lowest first. Names within one layer may import each other, but never round a loop.
 LAYERS: list[tuple[str, ...]] = [
-    ("io", "config", "tracking"),  # files, config schemas, run tracking: no package imports
+    ("io", "config", "counters", "tracking"),  # files, schemas, counters, run tracking
     ("web",),  # pages, actions, action sets, tree deltas
-    ("models",),  # backends and roles
+    ("backends",),  # what answers a generation request: local model, servers, cache, batching
+    ("roles",),  # prompts, grammars and parsers of the roles, and the client that asks them
     ("openai_api", "server"),  # the OpenAI-compatible protocol and HTTP server over a backend
     ("search",),  # the tree search, knowing nothing of the web
     ("data",),  # tasks, chat examples, transitions, episodes: records and their formats

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from websynthesis.pipelines.evidence import ARMS
+from websynthesis.pipelines.evidence_results import ARMS
 
 ROOT = Path(__file__).resolve().parents[1]
 

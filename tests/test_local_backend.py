@@ -10,11 +10,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from websynthesis.models.cache import CachedBackend
-from websynthesis.models.grammar import action_grammar
-from websynthesis.models.loading import choose_attn_implementation, resolve_model_path
-from websynthesis.models.local import LocalBackend, _SeededSampler, adapter_digest
-from websynthesis.models.types import (
+from websynthesis.backends.cache import CachedBackend
+from websynthesis.backends.loading import (
+    adapter_digest,
+    choose_attn_implementation,
+    resolve_model_path,
+)
+from websynthesis.backends.local import LocalBackend
+from websynthesis.backends.sampling import SeededSampler
+from websynthesis.backends.types import (
     Backend,
     Generation,
     GenerationRequest,
@@ -22,6 +26,7 @@ from websynthesis.models.types import (
     derive_seed,
     generate,
 )
+from websynthesis.roles.grammar import action_grammar
 
 PROMPTS = [
     "Hi.",
@@ -275,7 +280,7 @@ def test_agenerate_keeps_the_event_loop_free(backend: LocalBackend) -> None:
 
 def test_seeded_sampler_draws_from_the_softmax() -> None:
     logits = torch.tensor([[0.0, 1.0, float("-inf"), 2.0, -1.0]]).repeat(20_000, 1)
-    chosen = _SeededSampler(list(range(20_000)))(torch.empty(0), logits.clone()).argmax(-1)
+    chosen = SeededSampler(list(range(20_000)))(torch.empty(0), logits.clone()).argmax(-1)
     frequencies = torch.bincount(chosen, minlength=5) / 20_000
     assert frequencies[2] == 0  # masked tokens never come out
     assert torch.allclose(frequencies, logits[0].softmax(-1), atol=0.01)

@@ -15,15 +15,14 @@ import pytest
 import torch
 from test_local_backend import generate_with, record_prefills, texts
 
-from websynthesis.models import local
-from websynthesis.models.grammar import (
-    BatchGrammarMasks,
-    GrammarLogitsProcessor,
-    action_grammar,
-    score_grammar,
-)
-from websynthesis.models.local import CASCADE, LocalBackend, _buckets, _Cascade
-from websynthesis.models.types import Generation, GenerationRequest, Sampling, generate
+from websynthesis.backends import cascade as cascade_loop
+from websynthesis.backends import sampling
+from websynthesis.backends.cascade import CASCADE, Cascade
+from websynthesis.backends.constraints import BatchGrammarMasks, GrammarLogitsProcessor
+from websynthesis.backends.local import LocalBackend
+from websynthesis.backends.prefill import buckets
+from websynthesis.backends.types import Generation, GenerationRequest, Sampling, generate
+from websynthesis.roles.grammar import action_grammar, score_grammar
 
 SYSTEM = (
     "You are a web agent. Read the accessibility tree, think briefly, then answer with "
@@ -120,7 +119,7 @@ def test_finished_rows_leave_the_batch_without_changing_outputs(
         request(1, 3, grammar=score_grammar(), n=2, seed=1, **same),
     ]
     expected = texts(generate_with(backend, requests, monkeypatch, cascade_decode=False))
-    monkeypatch.setattr(local, "COMPACT_WHEN", compact_when)
+    monkeypatch.setattr(cascade_loop, "COMPACT_WHEN", compact_when)
     shapes, handle = record_prefills(backend)
     try:
         results = generate(backend, requests)
@@ -217,7 +216,7 @@ def test_greedy_tokens_equal_generate_exactly(
     """Greedy, fp32 on CPU: the same token ids as ``generate``, compacting or not."""
     requests = mixed_requests()
     expected = tokens_of(backend, requests, monkeypatch, cascade_decode=False)
-    monkeypatch.setattr(local, "COMPACT_WHEN", compact_when)
+    monkeypatch.setattr(cascade_loop, "COMPACT_WHEN", compact_when)
     assert tokens_of(backend, requests, monkeypatch) == expected
     lengths = {len(sample) for samples in expected for sample in samples}
     assert min(lengths) <= 3 and max(lengths) == 32  # rows finish at different steps
@@ -233,7 +232,7 @@ def test_seeded_samples_equal_generate_exactly(
     """Seeded sampling (temperature, top-p, n, grammars, adapters): the same token ids."""
     requests = mixed_requests(temperature=0.8, top_p=0.9)
     expected = tokens_of(backend, requests, monkeypatch, cascade_decode=False)
-    monkeypatch.setattr(local, "COMPACT_WHEN", compact_when)
+    monkeypatch.setattr(cascade_loop, "COMPACT_WHEN", compact_when)
     fast = tokens_of(backend, requests, monkeypatch)
     assert fast == expected
     assert len({tuple(sample) for sample in expected[1]}) > 1  # really sampled
@@ -288,7 +287,7 @@ def test_attention_is_restored_after_a_failure(
         assert config._attn_implementation == CASCADE
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(local._Chooser, "choose", boom)
+    monkeypatch.setattr(sampling.Chooser, "choose", boom)
     result = generate(backend, [request(0, 0)])[0]
     assert result.error == "internal: RuntimeError: boom"
     assert config._attn_implementation == before
@@ -313,7 +312,7 @@ def test_cascade_attention_equals_dense_attention(adapters: int) -> None:
     rests = [torch.randn(1, kv_heads, length, dim, dtype=f64) for length in lengths]
     row_adapter = [0, adapters - 1, 0, adapters - 1, 0, 0, adapters - 1]
     row_prompt = [0, 0, 1, 2, 2, 2, 3]  # uneven groups: the grid path
-    cascade = _Cascade(
+    cascade = Cascade(
         [(prefix, prefix * 2)],
         [[(rest, rest * 2)] if len(rest[0, 0]) else None for rest in rests],
         lengths,
@@ -370,7 +369,7 @@ def test_batch_grammar_masks_equal_the_per_row_processor(backend: LocalBackend) 
 
 
 def test_buckets_cut_where_padding_costs_more_than_a_call() -> None:
-    assert _buckets([5, 5, 5], 128) == [[0, 1, 2]]
-    assert _buckets([1000, 10, 12], 128) == [[0], [2, 1]]
-    assert sorted(i for cut in _buckets([3, 900, 40, 850, 7], 64) for i in cut) == list(range(5))
-    assert _buckets([], 10) == []
+    assert buckets([5, 5, 5], 128) == [[0, 1, 2]]
+    assert buckets([1000, 10, 12], 128) == [[0], [2, 1]]
+    assert sorted(i for cut in buckets([3, 900, 40, 850, 7], 64) for i in cut) == list(range(5))
+    assert buckets([], 10) == []

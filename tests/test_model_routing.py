@@ -1,4 +1,4 @@
-"""One backend per role (websynthesis/models/routing.py): routing, the check at start, the
+"""One backend per role (websynthesis/backends/routing.py): routing, the check at start, the
 cache's view of it, and a run whose role never answered ending non-zero."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from test_entry_points import run_entry  # tests/ is on sys.path
 
-from websynthesis.models.cache import CachedBackend
-from websynthesis.models.roles import OutcomeStats, RolesFailed
-from websynthesis.models.routing import RoleRouter, check_constraints, routed_backend
-from websynthesis.models.types import Generation, GenerationRequest, Sampling, generate
+from websynthesis.backends.cache import CachedBackend
+from websynthesis.backends.routing import RoleRouter, check_constraints, routed_backend
+from websynthesis.backends.types import Generation, GenerationRequest, Sampling, generate
+from websynthesis.roles.client import OutcomeStats, RolesFailed
 
 
 class Recorder:
@@ -85,7 +85,7 @@ def test_a_constrained_role_on_a_server_without_grammars_fails_at_start(
         assert type(backend.backend_for("policy")).__name__ == "LocalBackend"
     finally:
         backend.close()
-    from websynthesis.models.openai_backend import OpenAIBackend
+    from websynthesis.backends.openai_backend import OpenAIBackend
 
     whole = OpenAIBackend("tiny", "http://127.0.0.1:9/v1", grammar_mode="none")
     roles = tiny_model_config().roles
@@ -96,7 +96,7 @@ def test_a_constrained_role_on_a_server_without_grammars_fails_at_start(
 
 
 def test_check_constraints_lets_an_explicit_ignore_through() -> None:
-    from websynthesis.models.openai_backend import OpenAIBackend
+    from websynthesis.backends.openai_backend import OpenAIBackend
 
     roles = {"reward": {"constrained": True}, "policy": {"constrained": False}}
     ignoring = OpenAIBackend("m", "http://127.0.0.1:9/v1", on_unsupported_grammar="ignore")
@@ -156,7 +156,7 @@ def test_a_run_whose_world_model_never_answered_exits_non_zero(
 ) -> None:
     result = run_entry(
         "synthesize.py", "+experiment=demo", "search=small", "search.iterations=2",
-        "data.limit=1", f"hydra.run.dir={tmp_path}",
+        "taskset.limit=1", f"hydra.run.dir={tmp_path}",
         "+backend@model.role_backends.world_model=websynthesis",
         "model.role_backends.world_model.base_url=http://127.0.0.1:9/v1",
         "+model.role_backends.world_model.max_retries=0",

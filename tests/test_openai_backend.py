@@ -20,8 +20,14 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from websynthesis.models.openai_backend import OpenAIBackend
-from websynthesis.models.types import Generation, GenerationRequest, Sampling, derive_seed, generate
+from websynthesis.backends.openai_backend import OpenAIBackend
+from websynthesis.backends.types import (
+    Generation,
+    GenerationRequest,
+    Sampling,
+    derive_seed,
+    generate,
+)
 from websynthesis.server import FaultInjector, build_app, serve_in_background
 
 KEY_ENV = "WS_TEST_OPENAI_KEY"
@@ -325,7 +331,7 @@ def test_api_key_never_leaks(server: Server, caplog: pytest.LogCaptureFixture) -
     server.faults.fail(500, times=1, match="retry me")
     cfg = OmegaConf.create(
         {
-            "_target_": "websynthesis.models.openai_backend.OpenAIBackend",
+            "_target_": "websynthesis.backends.openai_backend.OpenAIBackend",
             "model": BASE,
             "base_url": f"{server.url}/v1",
             "api_key_env": KEY_ENV,

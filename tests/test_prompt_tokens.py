@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from tokenizers import AddedToken
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from websynthesis.models.loading import load_tokenizer
-from websynthesis.models.prompt_tokens import PromptTokenizer
+from websynthesis.backends.loading import load_tokenizer
+from websynthesis.backends.prompt_tokens import PromptTokenizer
 
 
 @pytest.fixture(scope="module")

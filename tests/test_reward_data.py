@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from websynthesis.models.parsing import ScoreScale, parse_judge, parse_reward
-from websynthesis.models.prompts import JudgeInput, RewardInput
-from websynthesis.models.roles import Role, RoleSettings
-from websynthesis.search import Node, SearchConfig, SearchResult, StopReason, TerminalKind
+from websynthesis.roles.client import Role, RoleSettings
+from websynthesis.roles.parsing import ScoreScale, parse_judge, parse_reward
+from websynthesis.roles.prompts import JudgeInput, RewardInput
+from websynthesis.search import Node, SearchResult, SearchSettings, StopReason, TerminalKind
 from websynthesis.search.result import TreeStats
 from websynthesis.synthesis.state import WebState, encode_action, history
 from websynthesis.training.mixes import build_mix, student_role
@@ -111,7 +111,7 @@ def write_episodes(run_dir: Path, episodes: list[Any] = EPISODES) -> Path:
 def browser_tree() -> SearchResult[WebState, Any]:
     """``login@1`` searched live: click [5] ends the episode (failed), click [9] then click
     [32] succeeds, click [21] was never expanded, click [30] could not be simulated."""
-    config = SearchConfig(low=1.0, high=5.0, end_gate=4.75, max_depth=3)
+    config = SearchSettings(low=1.0, high=5.0, end_gate=4.75, max_depth=3)
     root: Node[WebState, Any] = Node(0, WebState("login@1", parse_axtree(HOME)))
 
     def child(parent: Node[WebState, Any], node_id: int, action: str, page: str, **kw: Any) -> Any:
@@ -281,8 +281,8 @@ def test_targets_read_back_to_their_labels(scale: ScoreScale, episodes_dir: Path
 def test_targets_fit_the_grammars_the_tiny_model_decodes_under(tiny_model_path: Path) -> None:
     import xgrammar as xgr
 
-    from websynthesis.models.grammar import judge_grammar, score_grammar
-    from websynthesis.models.local import LocalBackend
+    from websynthesis.backends.local import LocalBackend
+    from websynthesis.roles.grammar import judge_grammar, score_grammar
 
     backend = LocalBackend(str(tiny_model_path), device="cpu")
     try:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from websynthesis.backends.types import Generation, GenerationRequest
 from websynthesis.evaluation.reward_quality import (
     bootstrap_auc,
     evaluate_judge,
@@ -21,9 +22,8 @@ from websynthesis.evaluation.reward_quality import (
     ranking_report,
     roc_auc,
 )
-from websynthesis.models.parsing import ScoreScale
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
+from websynthesis.roles.parsing import ScoreScale
 from websynthesis.training.reward_data import labelled_steps, labelled_trajectories, read_outcomes
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from websynthesis.models import roles as roles_module
-from websynthesis.models.parsing import Failure, Parsed, ScoreScale
-from websynthesis.models.prompts import (
+from websynthesis.backends.types import Generation, GenerationRequest, derive_seed
+from websynthesis.backends.usage import UsageTracker
+from websynthesis.roles import client as roles_module
+from websynthesis.roles.client import ModelClient, OutcomeStats, Role, RoleSettings
+from websynthesis.roles.parsing import Failure, Parsed, ScoreScale
+from websynthesis.roles.prompts import (
     JudgeInput,
     PolicyInput,
     PromptStyle,
@@ -25,9 +28,6 @@ from websynthesis.models.prompts import (
     Step,
     WorldModelInput,
 )
-from websynthesis.models.roles import ModelClient, OutcomeStats, Role, RoleSettings
-from websynthesis.models.types import Generation, GenerationRequest, derive_seed
-from websynthesis.models.usage import UsageTracker
 from websynthesis.web.actions import ANSWER_PHRASE, ActionKind, parse_action
 from websynthesis.web.observation import AXTree, parse_axtree
 

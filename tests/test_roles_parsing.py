@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from websynthesis.models.parsing import (
+from websynthesis.roles.parsing import (
     URL_NOT_ALLOWED,
     Decision,
     Failure,

@@ -8,8 +8,8 @@ import re
 import jinja2
 import pytest
 
-from websynthesis.models.parsing import ScoreScale, parse_policy
-from websynthesis.models.prompts import (
+from websynthesis.roles.parsing import ScoreScale, parse_policy
+from websynthesis.roles.prompts import (
     JudgeInput,
     PolicyInput,
     PromptStyle,

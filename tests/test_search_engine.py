@@ -7,19 +7,19 @@ from collections.abc import Sequence
 
 from test_search_mcts import STOP, Toy, comparable
 
-from websynthesis.models.batching import BatchingBackend
-from websynthesis.models.types import Backend, Generation, GenerationRequest
+from websynthesis.backends.batching import BatchingBackend
+from websynthesis.backends.types import Backend, Generation, GenerationRequest
 from websynthesis.search import (
     Context,
-    EngineConfig,
+    EngineSettings,
     Evaluation,
     Progress,
     Proposal,
-    SearchConfig,
     SearchEngine,
     SearchResult,
+    SearchSettings,
+    StepOutcome,
     StopReason,
-    Transition,
     TreeSearch,
     TreeTask,
 )
@@ -33,8 +33,8 @@ def test_many_trees_finish_each_reported_once_in_task_order() -> None:
     done: list[str] = []
     progress: list[Progress] = []
     engine = SearchEngine(
-        Toy("abc"), Toy("abc"), SearchConfig(branch=3, iterations=10),
-        EngineConfig(concurrent_trees=6),
+        Toy("abc"), Toy("abc"), SearchSettings(branch=3, iterations=10),
+        EngineSettings(concurrent_trees=6),
         on_tree_done=lambda task_id, result: done.append(task_id),
         on_progress=progress.append,
     )  # fmt: skip
@@ -49,9 +49,9 @@ def test_many_trees_finish_each_reported_once_in_task_order() -> None:
 
 def test_engine_trees_equal_trees_searched_alone() -> None:
     """Same seed, deterministic problem, one iteration in flight: interleaving changes nothing."""
-    config = SearchConfig(branch=3, iterations=15, exploration=2.0, seed=11)
+    config = SearchSettings(branch=3, iterations=15, exploration=2.0, seed=11)
     toy = Toy("abc", wrong_stop=0.2, yield_every_call=True)
-    together = SearchEngine(toy, toy, config, EngineConfig(concurrent_trees=8)).run(tasks(8))
+    together = SearchEngine(toy, toy, config, EngineSettings(concurrent_trees=8)).run(tasks(8))
     for result in together:
         alone_toy = Toy("abc", wrong_stop=0.2)
         alone = TreeSearch(alone_toy, alone_toy, "", config, task_id=result.task_id)
@@ -77,7 +77,11 @@ def test_one_tree_s_exception_is_recorded_and_the_others_finish() -> None:
         done[task_id] = result
 
     results = SearchEngine(
-        toy, toy, SearchConfig(iterations=12), EngineConfig(concurrent_trees=5), on_tree_done=save
+        toy,
+        toy,
+        SearchSettings(iterations=12),
+        EngineSettings(concurrent_trees=5),
+        on_tree_done=save,
     ).run(work)
     bad = results[2]
     assert bad.stop_reason is StopReason.ERROR and bad.error is not None
@@ -90,7 +94,7 @@ def test_one_tree_s_exception_is_recorded_and_the_others_finish() -> None:
 def test_a_global_budget_stops_every_tree_cleanly() -> None:
     toy = Toy("abcdef")
     engine = SearchEngine(
-        toy, toy, SearchConfig(iterations=50), EngineConfig(concurrent_trees=4),
+        toy, toy, SearchSettings(iterations=50), EngineSettings(concurrent_trees=4),
         budget_exhausted=lambda: toy.steps >= 40,
     )  # fmt: skip
     results = engine.run(tasks(4))
@@ -101,8 +105,8 @@ def test_a_global_budget_stops_every_tree_cleanly() -> None:
 def test_in_flight_iterations_per_tree_keep_the_invariants() -> None:
     toy = Toy("abcd", yield_every_call=True)
     engine = SearchEngine(
-        toy, toy, SearchConfig(branch=3, iterations=20),
-        EngineConfig(concurrent_trees=3, in_flight_per_tree=4),
+        toy, toy, SearchSettings(branch=3, iterations=20),
+        EngineSettings(concurrent_trees=3, in_flight_per_tree=4),
     )  # fmt: skip
     for result in engine.run(tasks(3)):
         assert result.iterations == result.root.visits == 20
@@ -166,8 +170,8 @@ class ModelToy:
             :k
         ]
 
-    async def step(self, state: str, action: str) -> Transition[str]:
-        return Transition(await self._ask("step", "-", state, action))
+    async def step(self, state: str, action: str) -> StepOutcome[str]:
+        return StepOutcome(await self._ask("step", "-", state, action))
 
     async def evaluate(self, context: Context[str, str], new_state: str) -> Evaluation:
         node = context.node
@@ -188,7 +192,10 @@ def test_batching_backend_turns_16_trees_calls_into_few_batches() -> None:
     problem = ModelToy(backend)
     work = [TreeTask(f"t{i}", "", ["abc", "bca", "cab", "acb"][i % 4]) for i in range(16)]
     engine = SearchEngine(
-        problem, problem, SearchConfig(branch=2, iterations=8), EngineConfig(concurrent_trees=16)
+        problem,
+        problem,
+        SearchSettings(branch=2, iterations=8),
+        EngineSettings(concurrent_trees=16),
     )
     results = engine.run(work)
     stats = backend.stats
@@ -204,11 +211,11 @@ def test_batching_backend_turns_16_trees_calls_into_few_batches() -> None:
 
 def test_batched_results_equal_unbatched_results() -> None:
     work = [TreeTask(f"t{i}", "", "abc") for i in range(4)]
-    config = SearchConfig(branch=2, iterations=6)
+    config = SearchSettings(branch=2, iterations=6)
     plain = ModelToy(RuleModel())
     batched = ModelToy(BatchingBackend(RuleModel()))
-    one_by_one = SearchEngine(plain, plain, config, EngineConfig(concurrent_trees=1, batch=False))
-    together = SearchEngine(batched, batched, config, EngineConfig(concurrent_trees=4))
+    one_by_one = SearchEngine(plain, plain, config, EngineSettings(concurrent_trees=1, batch=False))
+    together = SearchEngine(batched, batched, config, EngineSettings(concurrent_trees=4))
     assert [comparable(r) for r in one_by_one.run(work)] == [
         comparable(r) for r in together.run(work)
     ]
@@ -218,8 +225,8 @@ def test_unbatched_single_tree_mode_asks_one_request_at_a_time() -> None:
     model = RuleModel()
     problem = ModelToy(model)
     engine = SearchEngine(
-        problem, problem, SearchConfig(branch=3, iterations=5),
-        EngineConfig(concurrent_trees=1, batch=False),
+        problem, problem, SearchSettings(branch=3, iterations=5),
+        EngineSettings(concurrent_trees=1, batch=False),
     )  # fmt: skip
     engine.run(tasks(3, payload="abc"))
     assert model.most_in_flight == 1 and set(model.calls) == {1}

@@ -26,11 +26,11 @@ from websynthesis.search import (
     Evaluation,
     Node,
     Proposal,
-    SearchConfig,
     SearchResult,
+    SearchSettings,
+    StepOutcome,
     StopReason,
     TerminalKind,
-    Transition,
     TreeSearch,
     TreeStats,
     backpropagate,
@@ -97,11 +97,11 @@ class Toy:
                 proposals.append(Proposal(None, thought=raw, error=f"cannot parse {raw!r}"))
         return proposals
 
-    async def step(self, state: str, action: str) -> Transition[str]:
+    async def step(self, state: str, action: str) -> StepOutcome[str]:
         self.steps += 1
         if self.yield_every_call:
             await asyncio.sleep(0)
-        return Transition(state if action == STOP else state + action.lower())
+        return StepOutcome(state if action == STOP else state + action.lower())
 
     async def evaluate(self, context: Context[str, str], new_state: str) -> Evaluation:
         self.evaluations += 1
@@ -125,7 +125,7 @@ def search(
 ) -> SearchResult:
     """One tree, synchronously."""
     extra = {"clock": clock} if clock is not None else {}
-    tree = TreeSearch(problem, problem, "", SearchConfig(**config), task_id="t", **extra)  # type: ignore[arg-type]
+    tree = TreeSearch(problem, problem, "", SearchSettings(**config), task_id="t", **extra)  # type: ignore[arg-type]
     return asyncio.run(tree.run())
 
 
@@ -155,7 +155,7 @@ def family(parent_visits: int, children: list[tuple[int, float, float]]) -> Node
 
 
 def test_uct_picks_what_the_formula_says() -> None:
-    config = SearchConfig(exploration=1.0)
+    config = SearchSettings(exploration=1.0)
     parent = family(10, [(5, 3.0, 0.5), (2, 0.8, 0.5), (3, 2.4, 0.5)])
     log_n = math.log(10)
     expected = [0.6 + math.sqrt(log_n / 5), 0.4 + math.sqrt(log_n / 2), 0.8 + math.sqrt(log_n / 3)]
@@ -167,15 +167,15 @@ def test_uct_picks_what_the_formula_says() -> None:
 def test_exploration_constant_trades_value_for_novelty() -> None:
     # Q = 0.8 after 8 visits vs 0.5 after 1: 0.8 + sqrt(ln 9 / 8) = 1.324 < 0.5 + sqrt(ln 9) = 1.982
     parent = family(9, [(8, 6.4, 0.5), (1, 0.5, 0.5)])
-    assert select_child(parent, SearchConfig(exploration=1.0), random.Random(0)).id == 2
-    assert select_child(parent, SearchConfig(exploration=0.0), random.Random(0)).id == 1
+    assert select_child(parent, SearchSettings(exploration=1.0), random.Random(0)).id == 2
+    assert select_child(parent, SearchSettings(exploration=0.0), random.Random(0)).id == 1
 
 
 def test_uct_is_the_same_on_any_reward_scale() -> None:
     unit = family(10, [(5, 3.0, 0.5), (2, 0.8, 0.5), (3, 2.4, 0.5)])
     # The same returns on a 1..5 scale: r' = 1 + 4r, so W' = N + 4W.
     five = family(10, [(5, 5 + 12.0, 3.0), (2, 2 + 3.2, 3.0), (3, 3 + 9.6, 3.0)])
-    c_unit, c_five = SearchConfig(), SearchConfig(low=1.0, high=5.0, end_gate=4.75)
+    c_unit, c_five = SearchSettings(), SearchSettings(low=1.0, high=5.0, end_gate=4.75)
     log_n = math.log(10)
     assert [c_five.uct(c, log_n) for c in five.children] == pytest.approx(
         [c_unit.uct(c, log_n) for c in unit.children]
@@ -184,19 +184,19 @@ def test_uct_is_the_same_on_any_reward_scale() -> None:
 
 def test_unvisited_children_first_best_reward_first() -> None:
     parent = family(3, [(3, 3.0, 1.0), (0, 0.0, 0.2), (0, 0.0, 0.7)])
-    assert select_child(parent, SearchConfig(), random.Random(0)).id == 3
+    assert select_child(parent, SearchSettings(), random.Random(0)).id == 3
 
 
 def test_reward_ties_are_broken_by_the_seeded_rng() -> None:
     parent = family(0, [(0, 0.0, 0.5), (0, 0.0, 0.5), (0, 0.0, 0.5)])
-    picks = [select_child(parent, SearchConfig(), random.Random(seed)).id for seed in range(30)]
-    again = [select_child(parent, SearchConfig(), random.Random(seed)).id for seed in range(30)]
+    picks = [select_child(parent, SearchSettings(), random.Random(seed)).id for seed in range(30)]
+    again = [select_child(parent, SearchSettings(), random.Random(seed)).id for seed in range(30)]
     assert picks == again
     assert set(picks) == {1, 2, 3}
 
 
 def test_virtual_loss_spreads_concurrent_selections() -> None:
-    config = SearchConfig()
+    config = SearchSettings()
     parent = family(0, [(0, 0.0, 0.9), (0, 0.0, 0.1)])
     first = select_child(parent, config, random.Random(0))
     first.virtual_loss += 1
@@ -215,15 +215,15 @@ def test_backprop_adds_returns_and_keeps_immediate_rewards() -> None:
     parent = family(0, [(0, 0.0, 0.3)])
     leaf: Node = Node(id=2, state="x", parent=parent.children[0], depth=2, reward=0.9)
     path = [parent, parent.children[0], leaf]
-    backpropagate(path, 0.6, SearchConfig())
-    backpropagate(path, 0.2, SearchConfig())
+    backpropagate(path, 0.6, SearchSettings())
+    backpropagate(path, 0.2, SearchSettings())
     assert [n.visits for n in path] == [2, 2, 2]
     assert [n.q for n in path] == pytest.approx([0.4, 0.4, 0.4])
     assert (parent.children[0].reward, leaf.reward) == (0.3, 0.9)
 
 
 def test_discount_shrinks_returns_toward_low() -> None:
-    config = SearchConfig(low=1.0, high=5.0, end_gate=4.75, discount=0.5)
+    config = SearchSettings(low=1.0, high=5.0, end_gate=4.75, discount=0.5)
     path = [Node(id=i, state="") for i in range(3)]
     backpropagate(path, 3.0, config)
     assert [n.value_sum for n in path] == pytest.approx([1.5, 2.0, 3.0])
@@ -311,8 +311,8 @@ def test_depth_limit() -> None:
 
 def test_world_can_end_the_episode() -> None:
     class Ending(Toy):
-        async def step(self, state: str, action: str) -> Transition[str]:
-            return Transition(state + action, env_reward=0.5, terminal=True)
+        async def step(self, state: str, action: str) -> StepOutcome[str]:
+            return StepOutcome(state + action, env_reward=0.5, terminal=True)
 
     result = search(Ending(table={"": ["a"]}), iterations=3)
     child = result.root.children[0]
@@ -321,9 +321,9 @@ def test_world_can_end_the_episode() -> None:
 
 def test_a_step_the_world_cannot_simulate_is_a_failed_leaf_not_a_crash() -> None:
     class Flaky(Toy):
-        async def step(self, state: str, action: str) -> Transition[str]:
+        async def step(self, state: str, action: str) -> StepOutcome[str]:
             if action == "z":
-                return Transition(state, error="no <a11y> block in the answer")
+                return StepOutcome(state, error="no <a11y> block in the answer")
             return await super().step(state, action)
 
     toy = Flaky("ab", table={"": ["z", "a"], "a": ["b"]})
@@ -379,7 +379,11 @@ def test_time_budget() -> None:
 def test_token_budget_stops_the_tree_cleanly() -> None:
     toy = Toy("abcdefgh")
     tree = TreeSearch(
-        toy, toy, "", SearchConfig(iterations=100), budget_exhausted=lambda: len(toy.proposed) >= 4
+        toy,
+        toy,
+        "",
+        SearchSettings(iterations=100),
+        budget_exhausted=lambda: len(toy.proposed) >= 4,
     )
     result = asyncio.run(tree.run())
     assert result.stop_reason is StopReason.BUDGET and result.iterations == 4
@@ -436,7 +440,7 @@ def test_best_path_is_the_optimal_one_and_failed_siblings_are_worse() -> None:
 
 
 def test_failed_siblings_must_be_strictly_worse_and_lead_nowhere() -> None:
-    config = SearchConfig()
+    config = SearchSettings()
     root = family(10, [(4, 2.4, 0.5), (2, 1.0, 0.5), (2, 1.4, 0.2), (0, 0.0, 0.2), (2, 0.2, 0.1)])
     chosen, equal, better_q, worse, hides_success = root.children
     success: Node = Node(id=9, state="", parent=chosen, action=STOP, depth=2, reward=1.0)
@@ -485,7 +489,7 @@ def test_same_seed_same_tree_and_seeds_matter() -> None:
 
 def test_in_flight_iterations_take_different_branches() -> None:
     toy = Toy("abcd", yield_every_call=True)
-    tree = TreeSearch(toy, toy, "", SearchConfig(branch=3, iterations=12))
+    tree = TreeSearch(toy, toy, "", SearchSettings(branch=3, iterations=12))
     result = asyncio.run(tree.run(in_flight=3))
     # All three started at the unexpanded root; one expanded it, two waited, then the
     # three went down different children.

@@ -21,8 +21,8 @@ import xgrammar as xgr
 from test_serve import TOKEN, EchoBackend, running  # tests/ is on sys.path
 from xgrammar import testing as xgr_testing
 
-from websynthesis.models.structured_outputs import StructuredOutputError, request_grammar
-from websynthesis.models.types import GenerationRequest, Sampling
+from websynthesis.backends.structured_outputs import StructuredOutputError, request_grammar
+from websynthesis.backends.types import GenerationRequest, Sampling
 from websynthesis.openai_api import cut_at_stop
 from websynthesis.server import build_app, serve_in_background
 
@@ -262,9 +262,9 @@ def test_unknown_fields_on_the_wire_are_refused_by_name(echo) -> None:
 
 @pytest.mark.slow
 def test_the_tiny_model_answers_within_each_constraint(tiny_model_path: Path) -> None:
-    from websynthesis.models.local import LocalBackend
-    from websynthesis.models.openai_backend import OpenAIBackend
-    from websynthesis.models.types import generate
+    from websynthesis.backends.local import LocalBackend
+    from websynthesis.backends.openai_backend import OpenAIBackend
+    from websynthesis.backends.types import generate
 
     backend = LocalBackend(str(tiny_model_path), device="cpu")
     app = build_app(backend, ["tiny"], batch_window_ms=20)
@@ -350,7 +350,7 @@ def test_the_tiny_model_answers_within_each_constraint(tiny_model_path: Path) ->
 
 
 def test_requests_for_logprobs_are_never_cached() -> None:
-    from websynthesis.models.cache import is_cacheable
+    from websynthesis.backends.cache import is_cacheable
 
     greedy = GenerationRequest(messages=({"role": "user", "content": "x"},))
     assert is_cacheable(greedy)

@@ -26,14 +26,14 @@ from test_synthesis_world_policy import (
     search,
 )
 
+from websynthesis.backends.types import GenerationRequest
 from websynthesis.data.chat import read_chat_jsonl
 from websynthesis.data.transitions import read_transitions
-from websynthesis.models.prompts import PolicyInput, Step, WorldModelInput
-from websynthesis.models.types import GenerationRequest
+from websynthesis.roles.prompts import PolicyInput, Step, WorldModelInput
 from websynthesis.search import (
     Node,
-    SearchConfig,
     SearchResult,
+    SearchSettings,
     StopReason,
     TerminalKind,
     TreeStats,
@@ -231,7 +231,7 @@ def test_d2_a_goto_to_onestopmarket_is_data_not_a_malformed_action() -> None:
     root = Node(id=0, state=WebState("t1", parse_axtree(HOME)))
     goto = child(root, f"goto [{site}/electronics]", RESULTS)
     goto.reward, goto.terminal = 5.0, TerminalKind.END_GATE
-    config = SearchConfig(low=1.0, high=5.0, end_gate=4.75)
+    config = SearchSettings(low=1.0, high=5.0, end_gate=4.75)
     result = SearchResult("t1", root, config, StopReason.ITERATIONS, 1, 0.0, TreeStats())
     extractor = Extractor(make_client(Website()), imagined=True)
     out = asyncio.run(extractor.extract(result, Goal("t1", OBJECTIVE, (site,))))

@@ -28,7 +28,7 @@ from websynthesis.data.tasks import load_tasks
 from websynthesis.io import read_jsonl
 from websynthesis.pipelines.synthesize import NoFirstPages, run
 from websynthesis.search import SearchResult
-from websynthesis.synthesis import KINDS, WebSearchPolicy, WebState
+from websynthesis.synthesis import TRAJECTORY_KINDS, WebSearchPolicy, WebState
 from websynthesis.web.actions import extract_action, parse_action
 from websynthesis.web.observation import parse_axtree
 
@@ -64,7 +64,7 @@ def assert_valid_run(run_dir: Path, task_ids: list[str]) -> int:
         assert len(tree.root.walk()) == len(line["tree"]["nodes"]) == line["summary"]["nodes"]
         assert all(n.state.task_id == task_id for n in tree.root.walk())
     checked = 0
-    for kind in KINDS:
+    for kind in TRAJECTORY_KINDS:
         path = run_dir / "trajectories" / f"{kind}.jsonl"
         expected = [row for line in lines for row in line["examples"][kind]]
         examples = list(read_chat_jsonl(path))
@@ -160,7 +160,7 @@ def test_pipeline_writes_trees_trajectories_and_stats(
 ) -> None:
     cfg = hydra_compose(
         tmp_path,
-        f"data.tasks={website_tasks}",
+        f"taskset.path={website_tasks}",
         "model.cache=false",
         "search.iterations=8",
         "search.concurrent_trees=2",
@@ -180,7 +180,7 @@ def test_pipeline_writes_trees_trajectories_and_stats(
     }
     checked = assert_valid_run(tmp_path, ["1", "2", "3"])  # 4 is not done: it had no page
     assert stats["examples"]["valuable"] == 6 and stats["examples"]["rollback"] >= 6
-    assert checked == sum(stats["examples"][kind] for kind in KINDS)
+    assert checked == sum(stats["examples"][kind] for kind in TRAJECTORY_KINDS)
     assert set(stats["calls"]) == {"policy", "world_model", "reward", "reflection"}
     assert stats["tokens"]["policy"]["prompt"] > 0 and stats["batching"]["batches"] > 0
     assert stats["parse_failures"]["world_model"]["no_tree"] >= 1  # "I cannot tell."
@@ -194,31 +194,31 @@ def test_tasks_without_a_first_page_are_counted_up_front_and_never_taken_as_done
     raw = tmp_path / "test.raw.json"  # WebArena's own configs: no state anywhere
     raw.write_text(json.dumps([{"task_id": i, "intent": f"task {i}", "sites": ["shopping"],
                                 "start_url": "http://shop"} for i in range(3)]))  # fmt: skip
-    named = r"none of the 3 tasks .* `python -m websynthesis.env.capture data.tasks="
+    named = r"none of the 3 tasks .* `python -m websynthesis.env.capture taskset.path="
     with pytest.raises(NoFirstPages, match=named):
-        run(hydra_compose(tmp_path / "none", f"data.tasks={raw}"), backend=Website())
+        run(hydra_compose(tmp_path / "none", f"taskset.path={raw}"), backend=Website())
     assert not (tmp_path / "none" / "trees.jsonl").exists()  # failed before any search
     with pytest.raises(
         NoFirstPages,
         match=r"1 of 4 tasks have no first page \(state\): 4\. .*skip_without_state=true",
     ):
-        run(hydra_compose(tmp_path / "some", f"data.tasks={website_tasks}"), backend=Website())
+        run(hydra_compose(tmp_path / "some", f"taskset.path={website_tasks}"), backend=Website())
 
     # An older run recorded task 4 as skipped, and task 1 under another intent: both are
     # searched again (their records retired to trees.superseded.jsonl), 2 and 3 are kept.
     out = tmp_path / "resume"
     quick = ["model.cache=false", "search.iterations=2", "skip_without_state=true"]
-    run(hydra_compose(out, f"data.tasks={website_tasks}", *quick), backend=Website())
+    run(hydra_compose(out, f"taskset.path={website_tasks}", *quick), backend=Website())
     kept = {r["task_id"]: r for r in records(out)}
     old = [dict(kept["1"], task_key="0123456789abcdef"), kept["2"], kept["3"],
            {"task_id": "4", "skipped": "the task has no first page (state)", "summary": {},
-            "tree": None, "examples": {kind: [] for kind in KINDS}}]  # fmt: skip
+            "tree": None, "examples": {kind: [] for kind in TRAJECTORY_KINDS}}]  # fmt: skip
     (out / "trees.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
     fixed = tmp_path / "fixed.jsonl"
     configs = [json.loads(line) for line in website_tasks.read_text().splitlines()]
     configs[3] |= {"start_url": f"{SITE}/", "state": HOME}
     fixed.write_text("".join(json.dumps(c) + "\n" for c in configs))
-    stats = run(hydra_compose(out, f"data.tasks={fixed}", *quick), backend=Website())
+    stats = run(hydra_compose(out, f"taskset.path={fixed}", *quick), backend=Website())
     assert stats["tasks"]["done"] == 4 and stats["tasks"]["skipped"] == {}
     order = [r["task_id"] for r in records(out)]
     assert order[:2] == ["2", "3"] and sorted(order[2:]) == ["1", "4"]
@@ -231,16 +231,16 @@ def test_tasks_without_a_first_page_are_counted_up_front_and_never_taken_as_done
 def test_a_spent_token_budget_leaves_unstarted_tasks_for_the_next_run(
     hydra_compose: Any, website_tasks: Path, tmp_path: Path
 ) -> None:
-    tight = ["search.token_budget=1", "search.concurrent_trees=1", "data.limit=3"]
-    cfg = hydra_compose(tmp_path, f"data.tasks={website_tasks}", "model.cache=false", *tight)
+    tight = ["budget.tokens=1", "search.concurrent_trees=1", "taskset.limit=3"]
+    cfg = hydra_compose(tmp_path, f"taskset.path={website_tasks}", "model.cache=false", *tight)
     stats = run(cfg, backend=Website())
     assert [r["task_id"] for r in records(tmp_path)] == ["1"]  # 2 and 3 never started
     assert stats["per_task"]["1"]["stop_reason"] == "budget"
     cfg = hydra_compose(
         tmp_path,
-        f"data.tasks={website_tasks}",
+        f"taskset.path={website_tasks}",
         "model.cache=false",
-        "data.limit=3",
+        "taskset.limit=3",
         "search.concurrent_trees=1",
     )
     stats = run(cfg, backend=Website())
@@ -262,7 +262,7 @@ def test_a_tree_that_crashes_is_reported_and_not_recorded(
 
     monkeypatch.setattr(WebSearchPolicy, "evaluate", buggy)
     cfg = hydra_compose(
-        tmp_path, f"data.tasks={website_tasks}", "model.cache=false", "data.limit=3"
+        tmp_path, f"taskset.path={website_tasks}", "model.cache=false", "taskset.limit=3"
     )
     with pytest.raises(RuntimeError, match="the search of 1 tasks failed"):
         run(cfg, backend=Website())
@@ -272,7 +272,7 @@ def test_a_tree_that_crashes_is_reported_and_not_recorded(
     assert error["task_id"] == "2" and "a bug in the search policy" in error["error"]
     monkeypatch.undo()
     cfg = hydra_compose(
-        tmp_path, f"data.tasks={website_tasks}", "model.cache=false", "data.limit=3"
+        tmp_path, f"taskset.path={website_tasks}", "model.cache=false", "taskset.limit=3"
     )
     run(cfg, backend=Website())  # the rerun searches the failed task only
     assert [r["task_id"] for r in records(tmp_path)] == ["1", "3", "2"]
@@ -287,10 +287,10 @@ def contract_run(
 ) -> Path:
     run_dir = tmp_path_factory.mktemp("contract")
     run_synthesize(
-        f"data.tasks={webarena_tasks}",
+        f"taskset.path={webarena_tasks}",
         *CONTRACT,
         "search.concurrent_trees=4",
-        "search.batch=true",
+        "model.batching.enabled=true",
         f"hydra.run.dir={run_dir}",
     )
     return run_dir
@@ -311,10 +311,10 @@ def test_same_seed_with_the_cache_gives_identical_trees(
     contract_run: Path, webarena_tasks: Path, tmp_path: Path
 ) -> None:
     run_synthesize(
-        f"data.tasks={webarena_tasks}",
+        f"taskset.path={webarena_tasks}",
         *CONTRACT,
         "search.concurrent_trees=4",
-        "search.batch=true",
+        "model.batching.enabled=true",
         f"hydra.run.dir={tmp_path}",
     )
     assert trees_without_timing(tmp_path) == trees_without_timing(contract_run)
@@ -331,10 +331,10 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(
     # was never killed. (A batched run is no reference: another batch composition changes
     # the last bits of the logits, and so, rarely, a near-tied token.)
     settings = [
-        f"data.tasks={webarena_tasks}",
+        f"taskset.path={webarena_tasks}",
         *CONTRACT,
         "search.concurrent_trees=1",
-        "search.batch=false",
+        "model.batching.enabled=false",
         "model.cache=false",
     ]
     whole = tmp_path / "whole"

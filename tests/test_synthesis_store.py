@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from websynthesis.io import DataFileError, append_line, read_jsonl, recover_jsonl
-from websynthesis.synthesis import KINDS, RunDirBusy, RunStore, merge_counts
+from websynthesis.synthesis import TRAJECTORY_KINDS, RunDirBusy, RunStore, merge_counts
 
 
 def record(task_id: str, examples: int = 1) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def record(task_id: str, examples: int = 1) -> dict[str, Any]:
         "skipped": None,
         "summary": {},
         "tree": {"nodes": []},
-        "examples": {kind: [row] * examples for kind in KINDS},
+        "examples": {kind: [row] * examples for kind in TRAJECTORY_KINDS},
     }
 
 
@@ -35,7 +35,7 @@ def lines(path: Path) -> list[dict[str, Any]]:
 def test_r2_the_run_dir_and_every_output_file_are_created(tmp_path: Path) -> None:
     store = RunStore(tmp_path / "new" / "run")
     assert store.open() == []
-    assert all(store.trajectory_path(kind).read_text() == "" for kind in KINDS)
+    assert all(store.trajectory_path(kind).read_text() == "" for kind in TRAJECTORY_KINDS)
     store.close()
 
 
@@ -44,7 +44,7 @@ def test_r1_each_task_is_durable_as_soon_as_it_is_appended(tmp_path: Path) -> No
     store.open()
     store.append(record("a", examples=2))
     assert [r["task_id"] for r in lines(tmp_path / "trees.jsonl")] == ["a"]
-    assert all(len(lines(store.trajectory_path(kind))) == 2 for kind in KINDS)
+    assert all(len(lines(store.trajectory_path(kind))) == 2 for kind in TRAJECTORY_KINDS)
     store.append(record("b", examples=0))
     assert [r["task_id"] for r in lines(tmp_path / "trees.jsonl")] == ["a", "b"]
     store.close()
@@ -78,7 +78,7 @@ def test_trajectories_are_rebuilt_from_the_trees_after_a_kill_between_appends(
         handle.write('{"messages": [{"ro')  # and a torn example line elsewhere
     again = RunStore(tmp_path)
     again.open()
-    for kind in KINDS:
+    for kind in TRAJECTORY_KINDS:
         assert [r["meta"]["task_id"] for r in lines(again.trajectory_path(kind))] == ["a", "b"]
     again.close()
 

@@ -15,19 +15,19 @@ from collections.abc import Sequence
 import pytest
 from omegaconf import OmegaConf
 
-from websynthesis.config import SearchConfig as SearchSettings
+from websynthesis.backends.types import Generation, GenerationRequest
+from websynthesis.config import SearchConfig
 from websynthesis.data.tasks import Task
-from websynthesis.models.parsing import ScoreScale
-from websynthesis.models.prompts import PromptStyle
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
+from websynthesis.roles.parsing import ScoreScale
+from websynthesis.roles.prompts import PromptStyle
 from websynthesis.search import (
     Context,
     Node,
-    SearchConfig,
+    SearchSettings,
+    StepOutcome,
     StopReason,
     TerminalKind,
-    Transition,
     TreeSearch,
     backpropagate,
 )
@@ -38,7 +38,7 @@ from websynthesis.synthesis import (
     ModelWorld,
     WebSearchPolicy,
     WebState,
-    core_search_config,
+    search_settings,
 )
 from websynthesis.synthesis.world import Unsearchable
 from websynthesis.web.actions import ANSWER_PHRASE, Action, ActionKind, parse_action
@@ -183,7 +183,7 @@ def search(backend: object, **config: object) -> TreeSearch[WebState, Action]:
         ModelWorld(client),
         WebSearchPolicy(client),
         home(),
-        SearchConfig(**(settings | config)),  # type: ignore[arg-type]
+        SearchSettings(**(settings | config)),  # type: ignore[arg-type]
         task_id="t1",
         payload=goal(),
     )
@@ -374,8 +374,8 @@ def test_b2_a_low_scored_stop_is_a_scored_leaf_not_the_end_of_the_search() -> No
 
 
 def test_b7_exploration_is_mapped_from_reward_units_and_rewards_survive_backprop() -> None:
-    search_cfg = OmegaConf.structured(SearchSettings)
-    config = core_search_config(search_cfg, ScoreScale(1, 5), seed=3)
+    search_cfg = OmegaConf.structured(SearchConfig)
+    config = search_settings(search_cfg, ScoreScale(1, 5), seed=3)
     # V + 0.7 sqrt(2 ln N / n) on 1-5 rewards == the core's normalised UCT with c * sqrt2 / 4.
     assert config.exploration == pytest.approx(0.7 * math.sqrt(2) / 4)
     assert (config.low, config.high, config.end_gate, config.seed) == (1.0, 5.0, 4.75, 3)
@@ -386,7 +386,7 @@ def test_b7_exploration_is_mapped_from_reward_units_and_rewards_survive_backprop
     assert leaf.reward == 4.0 and leaf.q == 2.0  # the immediate reward is never overwritten
     search_cfg.end_gate = 6.0
     with pytest.raises(ValueError, match="outside the reward scale"):
-        core_search_config(search_cfg, ScoreScale(1, 5), seed=0)
+        search_settings(search_cfg, ScoreScale(1, 5), seed=0)
 
 
 def test_b3_b4_each_role_asks_its_configured_model() -> None:
@@ -396,7 +396,7 @@ def test_b3_b4_each_role_asks_its_configured_model() -> None:
         policy=RoleSettings("policy", adapter="policy-lora", temperature=1.0, max_retries=0),
         world_model=RoleSettings("world_model", adapter="world-model-lora", temperature=0.7),
     )
-    config = SearchConfig(iterations=2, low=1.0, high=5.0, end_gate=4.75)
+    config = SearchSettings(iterations=2, low=1.0, high=5.0, end_gate=4.75)
     world, policy = ModelWorld(client), WebSearchPolicy(client)
     tree = TreeSearch(world, policy, home(), config, task_id="t1", payload=goal())
     asyncio.run(tree.run())
@@ -444,15 +444,15 @@ class LiveSite(BrowserWorld):
     async def reset(self, task: Task) -> WebState:
         return WebState(task.task_id, parse_axtree(HOME))
 
-    async def step(self, state: WebState, action: Action) -> Transition[WebState]:
+    async def step(self, state: WebState, action: Action) -> StepOutcome[WebState]:
         self.prefixes.append(state.actions)
         if action.kind is ActionKind.STOP:
             solved = action.text == "The Dispossessed"
-            return Transition(state.after(action), env_reward=float(solved), terminal=True)
+            return StepOutcome(state.after(action), env_reward=float(solved), terminal=True)
         page = LEADS_TO.get(action.to_string())
         if page is None:  # the page refuses the action: nothing changes
-            return Transition(state.after(action), env_reward=0.0)
-        return Transition(state.after(action, parse_axtree(page)), env_reward=0.0)
+            return StepOutcome(state.after(action), env_reward=0.0)
+        return StepOutcome(state.after(action, parse_axtree(page)), env_reward=0.0)
 
 
 def test_the_same_search_runs_on_a_browser_world_with_its_rewards() -> None:
@@ -460,7 +460,7 @@ def test_the_same_search_runs_on_a_browser_world_with_its_rewards() -> None:
     client = make_client(backend)
     site = LiveSite()
     root = asyncio.run(site.reset(Task("t1", OBJECTIVE, state=HOME)))
-    config = SearchConfig(iterations=6, low=1.0, high=5.0, end_gate=4.75)
+    config = SearchSettings(iterations=6, low=1.0, high=5.0, end_gate=4.75)
     tree = TreeSearch(site, WebSearchPolicy(client), root, config, task_id="t1", payload=goal())
     result = asyncio.run(tree.run())
     assert backend.requests("reward") == [] and backend.requests("world_model") == []

@@ -28,10 +28,10 @@ from test_synthesis_world_policy import Website
 
 from websynthesis.config import register_configs
 from websynthesis.data.tasks import instance_id, split_instance
-from websynthesis.models.roles import ModelClient
 from websynthesis.pipelines import synthesize
+from websynthesis.roles.client import ModelClient
 from websynthesis.search import SearchEngine
-from websynthesis.synthesis import KINDS
+from websynthesis.synthesis import TRAJECTORY_KINDS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # MiniWoB++'s instruction for these tasks is the same under every seed.
@@ -133,7 +133,7 @@ def test_transitions_are_real(browser_run: Path) -> None:
 @pytest.mark.browser
 @pytest.mark.slow
 def test_a_rerun_searches_nothing_again(browser_run: Path) -> None:
-    files = ["trees.jsonl", *(f"trajectories/{k}.jsonl" for k in KINDS)]
+    files = ["trees.jsonl", *(f"trajectories/{k}.jsonl" for k in TRAJECTORY_KINDS)]
     before = {name: (browser_run / name).read_bytes() for name in files}
     resets = json.loads((browser_run / "stats.json").read_text())["counters"]["world"]["resets"]
     result = synthesize_browser(browser_run)

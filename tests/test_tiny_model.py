@@ -10,8 +10,8 @@ import pytest
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from websynthesis.models import tiny
-from websynthesis.models.tiny import IM_END, PAD, build_tiny_model
+from websynthesis.backends import tiny
+from websynthesis.backends.tiny import IM_END, PAD, build_tiny_model
 
 
 def _files(path: Path) -> dict[str, bytes]:

@@ -14,11 +14,11 @@ from peft import PeftModel
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from websynthesis.backends.loading import load_model, load_tokenizer
+from websynthesis.backends.local import LocalBackend
+from websynthesis.backends.types import GenerationRequest, Sampling, generate
 from websynthesis.config import LoraConfig, OptimConfig
 from websynthesis.data.chat import ChatExample
-from websynthesis.models.loading import load_model, load_tokenizer
-from websynthesis.models.local import LocalBackend
-from websynthesis.models.types import GenerationRequest, Sampling, generate
 from websynthesis.training.datamodule import ChatDataModule
 from websynthesis.training.module import LoraModule, attach_lora
 

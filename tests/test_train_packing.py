@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from websynthesis.backends.loading import load_model
 from websynthesis.config import LoraConfig, OptimConfig
-from websynthesis.models.loading import load_model
 from websynthesis.training.collate import (
     ResumableDataLoader,
     TokenBudgetBatchSampler,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from websynthesis.backends.loading import load_tokenizer
 from websynthesis.data.chat import ChatExample
-from websynthesis.models.loading import load_tokenizer
 from websynthesis.training.tokenize import (
     IGNORE_INDEX,
     fit_example,

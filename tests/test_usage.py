@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from websynthesis.models.types import Generation, GenerationRequest
-from websynthesis.models.usage import UsageTracker
+from websynthesis.backends.types import Generation, GenerationRequest
+from websynthesis.backends.usage import UsageTracker
 
 PRICES = {
     "gpt-4o-mini": {"prompt_per_1m": 0.15, "completion_per_1m": 0.6},

@@ -17,15 +17,16 @@ import pytest
 import xgrammar as xgr
 from omegaconf import DictConfig
 
+from websynthesis.backends.constraints import GrammarCompiler
+from websynthesis.backends.local import LocalBackend
+from websynthesis.backends.types import Generation, GenerationRequest, Sampling, generate
 from websynthesis.data.transitions import Transition
 from websynthesis.data.world_model_data import change_target, target_text, world_model_examples
 from websynthesis.evaluation.fidelity import evaluate_fidelity
-from websynthesis.models.grammar import GrammarCompiler, a11y_grammar, delta_grammar
-from websynthesis.models.local import LocalBackend
-from websynthesis.models.parsing import Failure, Parsed, parse_world_model_delta
-from websynthesis.models.prompts import PromptStyle, WorldModelInput
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
-from websynthesis.models.types import Generation, GenerationRequest, Sampling, generate
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
+from websynthesis.roles.grammar import a11y_grammar, delta_grammar
+from websynthesis.roles.parsing import Failure, Parsed, parse_world_model_delta
+from websynthesis.roles.prompts import PromptStyle, WorldModelInput
 from websynthesis.web.actions import parse_action
 from websynthesis.web.observation import parse_axtree
 from websynthesis.web.tree_delta import DeltaErrorKind, parse_delta

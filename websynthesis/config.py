@@ -34,13 +34,12 @@ class PathsConfig:
 
 
 @dataclass
-class DataConfig:
-    """Inputs: tasks to synthesize or evaluate on, and training files."""
+class TasksetConfig:
+    """The tasks a job runs (synthesize, evaluate, capture; ``conf/taskset/``): ``path`` is a
+    task file or directory (``demo``: the bundled tasks), ``limit`` its first tasks only."""
 
-    tasks: str = "demo"
+    path: str = "demo"
     limit: int | None = None
-    train_files: dict[str, str] = field(default_factory=dict)
-    val_fraction: float = 0.05
 
 
 @dataclass
@@ -66,36 +65,46 @@ class RoleConfig:
 
 
 @dataclass
+class BatchingConfig:
+    """Gathering concurrent requests into one backend call (``backends/batching.py``): with
+    ``enabled``, synthesize.py's engine sends each wave's requests together, in calls of at
+    most ``max_batch_size``; ``enabled=false`` (with ``search.concurrent_trees=1``) asks one
+    request at a time, as the reference did."""
+
+    enabled: bool = True
+    max_batch_size: int = 64
+
+
+@dataclass
 class ModelConfig:
     """A base model, how it is served (``backend``; ``role_backends.<role>`` serves one role
-    elsewhere), and its roles."""
+    elsewhere; ``batching``: requests gathered into backend calls), and its roles."""
 
     name: str = MISSING
     path: str = MISSING
     seed: int = 0
     adapters: dict[str, str | None] = field(default_factory=dict)
     backend: Any = MISSING
-    role_backends: dict[str, Any] = field(default_factory=dict)  # models/routing.py
+    role_backends: dict[str, Any] = field(default_factory=dict)  # backends/routing.py
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     cache: bool = True
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
 
 
 @dataclass
 class SearchConfig:
-    """WebMCTS: the search core's knobs, how trees run together, and the run's budgets.
+    """WebMCTS: the search core's knobs and how trees run together.
 
-    Rewards are in the reward role's units (``model.roles.reward.score_low/high``, 1-5 by
-    default): ``end_gate`` and ``failed_reward`` are scores on that scale, and
-    ``exploration_constant`` is the reference's ``c`` in ``V + c * sqrt(2 ln N / n)`` on it;
-    :func:`websynthesis.synthesis.settings.core_search_config` maps them onto the core's
-    normalised UCT. ``iterations`` and ``time_limit_s`` are per tree; ``token_budget`` and
-    ``cost_budget`` (USD, from ``prices``) are for the whole run, resumes included.
-    ``concurrent_trees`` trees are searched at once, each with ``in_flight_per_tree``
-    iterations (1 keeps a seeded run reproducible); ``batch`` gathers every wave's requests
-    into one backend call of at most ``max_batch_size``. ``batch=false concurrent_trees=1``
-    asks one request at a time, as the reference did. ``accept_malformed_pages`` keeps a
-    world-model page with structural errors (repaired) once its retries are spent, instead
-    of failing the step.
+    The knobs are the core's :class:`~websynthesis.search.SearchSettings` (documented there)
+    in the reward role's units (``model.roles.reward.score_low/high``, 1-5 by default):
+    ``end_gate`` and ``failed_reward`` are scores on that scale, and ``exploration_constant``
+    is the reference's ``c`` in ``V + c * sqrt(2 ln N / n)`` on it;
+    :func:`websynthesis.synthesis.settings.search_settings` maps them onto the core's
+    normalised UCT (``low``, ``high`` and ``seed`` come from the reward scale and the job;
+    ``tests/test_config.py`` checks the two field lists agree). ``iterations`` and
+    ``time_limit_s`` are per tree. ``concurrent_trees`` trees are searched at once, each with
+    ``in_flight_per_tree`` iterations (1 keeps a seeded run reproducible). How requests are
+    batched is ``model.batching``; the run's budgets are ``budget``.
     """
 
     iterations: int = 20
@@ -113,13 +122,19 @@ class SearchConfig:
     alpha: float = 0.5
     stop_on_solution: bool = False
     time_limit_s: float | None = None
-    token_budget: int | None = None
-    cost_budget: float | None = None
     concurrent_trees: int = 32
     in_flight_per_tree: int = 1
-    batch: bool = True
-    max_batch_size: int = 64
-    accept_malformed_pages: bool = False
+
+
+@dataclass
+class BudgetConfig:
+    """What a whole synthesis run may spend, resumes included (``null``: no limit): total
+    ``tokens``, and ``cost_usd`` priced from ``prices``. Checked by the run's usage tracker
+    before every iteration of every tree: a spent budget stops each tree cleanly (its record
+    says why) and leaves unstarted tasks for the next run."""
+
+    tokens: int | None = None
+    cost_usd: float | None = None
 
 
 @dataclass
@@ -152,7 +167,7 @@ class CurriculumConfig:
 
 
 @dataclass
-class TrainDataConfig(DataConfig):
+class TrainDataConfig:
     """What train.py reads and how it batches it.
 
     ``scale`` keeps a seeded fraction of each stage's training examples (a smaller scale's
@@ -163,13 +178,19 @@ class TrainDataConfig(DataConfig):
     whole packed row, slower than length-grouped padding (bench/bench_train.py).
     ``max_length`` examples are fitted by shortening the observation, never the target.
     ``mask_history`` puts the loss on the last assistant turn only (earlier ones are
-    few-shot examples). The source fields (``trajectories_dir``, ``transitions``,
+    few-shot examples). ``train_files.<mix>`` (chat JSONL) replaces that mix's builder;
+    ``val_fraction`` of each stage's examples is held out. The source fields (``tasks`` and
+    ``limit``: a task file whose first pages feed TextUI; ``trajectories_dir``, ``transitions``,
     ``imagined``, ``external``, ``textui``, ``world_model``, and for the ``reward`` and
     ``judge`` mixes ``episodes`` (evaluate.py run dirs), ``trees`` (live-browser
     synthesize.py run dirs or trees.jsonl files) and ``reward`` (``unresolved``,
     ``refused``, ``balance``)) are read by the mix builders: see ``websynthesis.training.mixes``.
     """
 
+    tasks: str | None = "demo"
+    limit: int | None = None
+    train_files: dict[str, str] = field(default_factory=dict)
+    val_fraction: float = 0.05
     trajectories_dir: str | None = None
     transitions: list[str] = field(default_factory=list)
     episodes: list[str] = field(default_factory=list)
@@ -285,15 +306,18 @@ class WorldConfig:
     """What synthesize.py searches on (``conf/world/``).
 
     ``name``: ``model``, the world model imagining every page from the first page of each
-    task in ``data.tasks`` and the reward model scoring it (WebSynthesis' WebMCTS); or
+    task in ``taskset.path`` and the reward model scoring it (WebSynthesis' WebMCTS); or
     ``browser``, live MiniWoB++ pages in ``env.pool_size`` browsers, made reversible by
     reset and replay: one tree per instance (a task of ``env.tasks`` under a seed of
     ``seeds``), scored by the environment's own reward. ``seeds`` are for ``browser`` only:
     a MiniWoB++ task shows another page and instruction under each seed.
+    ``accept_malformed_pages`` (``model``): a predicted page with structural errors is kept
+    (repaired) once the world model's retries are spent, instead of failing the step.
     """
 
     name: str = "model"
     seeds: list[int] = field(default_factory=lambda: [0])
+    accept_malformed_pages: bool = False
 
 
 @dataclass
@@ -301,7 +325,6 @@ class _JobConfig:
     task_name: str = MISSING
     seed: int = 0
     paths: PathsConfig = field(default_factory=PathsConfig)
-    data: DataConfig = field(default_factory=DataConfig)
     logger: Any = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
 
@@ -312,15 +335,17 @@ class SynthesizeConfig(_JobConfig):
 
     ``rollback_per_step``: failed siblings turned into rollback examples at each step of the
     best path, worst first (the reference kept one). ``prices``: USD per million tokens by
-    model name (``{name: {prompt_per_1m, completion_per_1m}}``), for costs and the cost
-    budget. ``progress``: a live progress bar. ``sample_trajectories``: rows of the sample
-    table sent to the loggers. ``world`` is what the trees are searched on
-    (:class:`WorldConfig`); ``env`` is the live environment ``world=browser`` drives
-    (unused by ``world=model``).
+    model name (``{name: {prompt_per_1m, completion_per_1m}}``), for costs and
+    ``budget.cost_usd`` (:class:`BudgetConfig`). ``progress``: a live progress bar.
+    ``sample_trajectories``: rows of the sample table sent to the loggers. ``world`` is what
+    the trees are searched on (:class:`WorldConfig`); ``env`` is the live environment
+    ``world=browser`` drives (unused by ``world=model``).
     """
 
+    taskset: TasksetConfig = field(default_factory=TasksetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     shard: int = 0
@@ -396,6 +421,7 @@ class EvalConfig:
 
 @dataclass
 class EvaluateConfig(_JobConfig):
+    taskset: TasksetConfig = field(default_factory=TasksetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -420,13 +446,14 @@ class CaptureConfig(_JobConfig):
     ``recapture``: also the tasks that have a state already."""
 
     task_name: str = "capture"
+    taskset: TasksetConfig = field(default_factory=TasksetConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     out: str = MISSING
     recapture: bool = False
 
 
 @dataclass
-class ImagineSettings:
+class ImagineConfig:
     """WebEvolver's imagined trajectories for failed queries: at most ``max_steps`` steps with
     the world model as the web server, kept when the judge's verdict reaches ``threshold``."""
 
@@ -487,7 +514,7 @@ class CoevolveConfig:
     baseline: bool = True
     mcts: bool = True
     search_trajectories: list[str] = field(default_factory=lambda: ["valuable", "rollback"])
-    imagine: ImagineSettings = field(default_factory=ImagineSettings)
+    imagine: ImagineConfig = field(default_factory=ImagineConfig)
     warm_start: WarmStart = field(default_factory=WarmStart)
     overrides: StageOverrides = field(default_factory=StageOverrides)
 
@@ -515,7 +542,7 @@ class EvidenceOverrides:
 
 
 @dataclass
-class ExploreSettings:
+class ExploreConfig:
     """The episodes per training instance that the world and reward models learn from (cut
     to the live search's real steps): ``attempts`` in all, shared in turn by ``explorers``
     (``eval.policy`` values: ``model`` is the untrained policy, a random valid action of the
@@ -561,7 +588,7 @@ class EvidenceConfig:
     eval_attempts: int = 1
     pipeline_seeds: list[int] = field(default_factory=lambda: [0, 1])
     part: str = "all"  # all | headline | ablations (see conf/learning_evidence.yaml)
-    explore: ExploreSettings = field(default_factory=ExploreSettings)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
     wmla: WmlaArm = field(default_factory=WmlaArm)
     coevolve: EvidenceCoevolve = field(default_factory=EvidenceCoevolve)
     overrides: EvidenceOverrides = field(default_factory=EvidenceOverrides)

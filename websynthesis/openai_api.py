@@ -5,7 +5,7 @@ of OpenAI, vLLM and SGLang send: sampling (``temperature``, ``top_p``, ``n``, ``
 ``max_tokens``), ``stop``, ``logprobs`` (chat: ``logprobs`` + ``top_logprobs``;
 completions: ``logprobs: k``), ``stream`` (server-sent events, with ``stream_options``'
 ``include_usage``), list-form message ``content`` (text parts), and every structured-output
-dialect (:mod:`websynthesis.models.structured_outputs`).
+dialect (:mod:`websynthesis.backends.structured_outputs`).
 
 Why a field is refused rather than ignored: a client that asks for something the server
 does not do (a penalty, tools, an image) and gets a 200 reads an answer made
@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from websynthesis.models.structured_outputs import FIELDS as CONSTRAINT_FIELDS
-from websynthesis.models.types import Generation, TokenLogprob
+from websynthesis.backends.structured_outputs import FIELDS as CONSTRAINT_FIELDS
+from websynthesis.backends.types import Generation, TokenLogprob
 
 MAX_STOPS = 16  # OpenAI takes 4; vLLM and SGLang more
 

@@ -3,15 +3,16 @@
 ``python serve.py model=tiny port=8000`` (the entry point at the root) serves the base model and
 each configured LoRA adapter as model names on ``POST /v1/chat/completions``
 and ``GET /v1/models``, so anything that speaks the OpenAI API (our
-:class:`~websynthesis.models.openai_backend.OpenAIBackend` with
+:class:`~websynthesis.backends.openai_backend.OpenAIBackend` with
 ``grammar_mode=websynthesis``, other tools, several synthesis workers at once)
 can share one loaded model.
 
-Requests that arrive together are answered together: a :class:`MicroBatcher`
-gathers requests for up to ``batch_window_ms`` after the first one, or until
-``max_batch_size`` are waiting, and sends them to the backend as one
-``agenerate`` batch. One batch runs at a time (a local model is one device);
-requests that arrive meanwhile form the next batch.
+Requests that arrive together are answered together: the project's one batcher
+(:class:`~websynthesis.backends.batching.BatchingBackend`, with a window) gathers requests
+for up to ``batch_window_ms`` after the first one, or until ``max_batch_size`` are waiting,
+and sends them to the backend as one ``agenerate`` batch. One batch runs at a time (a local
+model is one device); requests that arrive meanwhile form the next batch. Each request is
+generated for its own client (no dedup), so each is billed its own tokens.
 
 ``POST /v1/completions`` continues raw prompts. What each endpoint takes and answers
 (sampling, ``stop``, logprobs, streaming, list-form content, the structured-output fields
@@ -31,9 +32,8 @@ import logging
 import secrets
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import uvicorn
@@ -44,8 +44,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
-from websynthesis.models.structured_outputs import StructuredOutputError, request_grammar
-from websynthesis.models.types import Backend, Generation, GenerationRequest, Sampling
+from websynthesis.backends.batching import BatchingBackend
+from websynthesis.backends.structured_outputs import StructuredOutputError, request_grammar
+from websynthesis.backends.types import Backend, GenerationRequest, Sampling
+from websynthesis.counters import Counters
 from websynthesis.openai_api import Answer, ChatCompletionRequest, CompletionRequest, unsupported
 
 log = logging.getLogger(__name__)
@@ -121,82 +123,13 @@ class FaultInjector:
 
 
 @dataclass
-class ServerStats:
-    """Requests in flight (now and at most) and how they were batched (the latest 1000)."""
+class ServerStats(Counters):
+    """Requests answered and in flight (now and at most); how they were batched is the
+    batcher's (``app.state.batcher.stats``)."""
 
     requests: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
-    batches: int = 0
-    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
-
-
-class MicroBatcher:
-    """Gathers concurrent requests into one ``agenerate`` call per batch.
-
-    The first waiting request opens a window of ``window_s``; the batch goes
-    when the window closes or ``max_batch_size`` requests (not samples: the
-    backend splits rows itself) wait, whichever is first. A request whose
-    handler was cancelled before its batch left is dropped.
-    """
-
-    def __init__(
-        self, backend: Backend, window_s: float, max_batch_size: int, stats: ServerStats
-    ) -> None:
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
-        self.backend = backend
-        self.window_s = window_s
-        self.max_batch_size = max_batch_size
-        self.stats = stats
-        self._pending: list[tuple[GenerationRequest, asyncio.Future[Generation], float]] = []
-        self._arrived = asyncio.Event()
-        self._full = asyncio.Event()
-
-    async def submit(self, request: GenerationRequest) -> Generation:
-        future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
-        self._pending.append((request, future, time.monotonic()))
-        self._arrived.set()
-        if len(self._pending) >= self.max_batch_size:
-            self._full.set()
-        return await future
-
-    async def run(self) -> None:
-        """The batching loop; runs until cancelled."""
-        while True:
-            await self._arrived.wait()
-            wait = self._pending[0][2] + self.window_s - time.monotonic()
-            if wait > 0 and len(self._pending) < self.max_batch_size:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), wait)
-            batch = self._pending[: self.max_batch_size]
-            self._pending = self._pending[self.max_batch_size :]
-            if not self._pending:
-                self._arrived.clear()
-            if len(self._pending) < self.max_batch_size:
-                self._full.clear()
-            batch = [item for item in batch if not item[1].done()]
-            if batch:
-                await self._answer(batch)
-
-    async def _answer(
-        self, batch: list[tuple[GenerationRequest, asyncio.Future[Generation], float]]
-    ) -> None:
-        self.stats.batches += 1
-        self.stats.batch_sizes.append(len(batch))
-        try:
-            results = await self.backend.agenerate([request for request, _, _ in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"backend answered {len(results)} of {len(batch)} requests")
-        except Exception as exc:
-            log.exception("backend failed on a batch of %d", len(batch))
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future, _), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
 
 
 def _error(
@@ -236,20 +169,11 @@ def build_app(
     base, served = model_names[0], set(model_names)
     stats = ServerStats()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher = MicroBatcher(backend, batch_window_ms / 1000, max_batch_size, stats)
-        app.state.batcher = batcher
-        worker = asyncio.create_task(batcher.run(), name="micro-batcher")
-        try:
-            yield
-        finally:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
-
-    app = FastAPI(title="websynthesis", lifespan=lifespan)
+    app = FastAPI(title="websynthesis")
     app.state.stats = stats
+    app.state.batcher = BatchingBackend(
+        backend, max_batch_size=max_batch_size, window_s=batch_window_ms / 1000, dedup=False
+    )
 
     def authorize(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
@@ -364,10 +288,7 @@ def build_app(
             GenerationRequest(sampling=sampling, model=model, grammar=grammar, **ask)
             for ask in asks
         ]
-        try:
-            generations = await asyncio.gather(*map(app.state.batcher.submit, requests))
-        except Exception as exc:
-            return _error(500, f"backend failed: {type(exc).__name__}", "server_error")
+        generations = await app.state.batcher.agenerate(requests)  # failures come as errors
         for generation in generations:
             if not generation.ok:
                 return _generation_error(generation.error or "internal: generation failed")
@@ -408,7 +329,8 @@ def run_server(
         uvicorn.run(app, host=host, port=port)
     finally:
         stats: ServerStats = app.state.stats
-        log.info("served %d requests in %d batches", stats.requests, stats.batches)
+        batches = app.state.batcher.stats.batches
+        log.info("served %d requests in %d batches", stats.requests, batches)
         backend.close()
 
 

@@ -26,8 +26,12 @@ class ChatExample:
     messages: tuple[dict[str, str], ...]
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def to_row(self) -> dict[str, Any]:
+        """The JSONL row (see the module docstring); :func:`example_from_row` reads it back."""
+        return {"messages": list(self.messages), "meta": self.meta}
+
     def to_json(self) -> str:
-        return json.dumps({"messages": list(self.messages), "meta": self.meta}, ensure_ascii=False)
+        return json.dumps(self.to_row(), ensure_ascii=False)
 
 
 def example_from_row(row: Any, *, path: Path | str, line: int) -> ChatExample:

@@ -28,8 +28,8 @@ from websynthesis.data.chat import ChatExample
 from websynthesis.data.policy_examples import policy_example
 from websynthesis.data.records import read_records
 from websynthesis.data.transitions import action_field, action_set_field, failer, page_field
-from websynthesis.models.prompts import PolicyInput, Step
-from websynthesis.models.roles import Role
+from websynthesis.roles.client import Role
+from websynthesis.roles.prompts import PolicyInput, Step
 from websynthesis.web.observation import parse_axtree
 
 EpisodeKey = tuple[str, int, int]

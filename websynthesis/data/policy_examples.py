@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from websynthesis.data.chat import ChatExample
-from websynthesis.models.parsing import failure_label
-from websynthesis.models.prompts import PolicyInput
-from websynthesis.models.roles import Role
+from websynthesis.roles.client import Role
+from websynthesis.roles.parsing import failure_label
+from websynthesis.roles.prompts import PolicyInput
 from websynthesis.web.actions import Action, equivalent, format_response
 from websynthesis.web.observation import AXTree
 

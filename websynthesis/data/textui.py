@@ -19,7 +19,7 @@ Teacher answers are untrusted. Each is checked (:func:`check_answer`) and an unu
 dropped with a :class:`Drop` reason, never written; outcomes are counted in the teacher
 client's ``stats`` (under the mix names ``dense_caption`` and ``element_function``) and in
 the builders' ``counts``. Requests go out in batches through the client's backend, so a
-:class:`~websynthesis.models.cache.CachedBackend` under the teacher's client replays a
+:class:`~websynthesis.backends.cache.CachedBackend` under the teacher's client replays a
 rebuild, or a build killed half-way, without asking again.
 """
 
@@ -34,12 +34,12 @@ from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
+from websynthesis.backends.types import Generation, GenerationRequest, Message, Sampling
 from websynthesis.data.chat import ChatExample
 from websynthesis.data.tasks import Task
 from websynthesis.data.transitions import Transition
-from websynthesis.models.prompts import format_observation, render
-from websynthesis.models.roles import OK, ModelClient
-from websynthesis.models.types import Generation, GenerationRequest, Message, Sampling
+from websynthesis.roles.client import OK, ModelClient
+from websynthesis.roles.prompts import format_observation, render
 from websynthesis.web.actions import ELEMENT_KINDS, Action
 from websynthesis.web.observation import AXNode, AXTree, diff_trees, parse_axtree
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from websynthesis.data.chat import ROLES, ChatExample, example_from_row
 from websynthesis.io import DataFileError, atomic_write_text, read_jsonl
-from websynthesis.models.parsing import parse_world_model
+from websynthesis.roles.parsing import parse_world_model
 from websynthesis.web.action_sets import ActionSet, action_set
 from websynthesis.web.actions import Action, ActionParseError, parse_action
 

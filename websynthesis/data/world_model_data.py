@@ -29,8 +29,8 @@ from collections.abc import Iterable
 
 from websynthesis.data.chat import ChatExample
 from websynthesis.data.transitions import Transition
-from websynthesis.models.prompts import WorldModelInput
-from websynthesis.models.roles import Role, answers_with_changes
+from websynthesis.roles.client import Role, answers_with_changes
+from websynthesis.roles.prompts import WorldModelInput
 from websynthesis.web.observation import AXTree, compare_trees, parse_axtree
 from websynthesis.web.tree_delta import tree_delta
 

@@ -7,7 +7,7 @@ placeholders such as ``__SHOPPING__`` moved onto them) and writes the configs ba
 ``state`` (the canonical accessibility tree, as the environment renders it) and
 ``state_capture`` (when, from which URL, whether logged in)::
 
-    python -m websynthesis.env.capture data.tasks=config_files env=webarena \\
+    python -m websynthesis.env.capture taskset.path=config_files env=webarena \\
         env.site_urls.shopping=http://127.0.0.1:7770 out=tasks_with_state.jsonl
 
 Tasks that already have a ``state`` keep it unless ``recapture=true``. Each captured task is
@@ -147,7 +147,7 @@ def main() -> None:
         from websynthesis.data.tasks import load_tasks
         from websynthesis.env.browsergym_env import login_settings, make_env
 
-        tasks = load_tasks(cfg.data.tasks)
+        tasks = load_tasks(cfg.taskset.path)
         if cfg.env.name != "webarena":
             raise ValueError("capture opens WebArena task configs: env=webarena")
         env_config = OmegaConf.to_object(cfg.env)

@@ -1,7 +1,7 @@
 """The agent loop: the policy role acting in a live :class:`~websynthesis.env.base.WebEnv`.
 
-The policy is asked exactly as in training: :class:`~websynthesis.models.prompts.PolicyInput`
-with the episode's earlier steps as :class:`~websynthesis.models.prompts.Step` history, through
+The policy is asked exactly as in training: :class:`~websynthesis.roles.prompts.PolicyInput`
+with the episode's earlier steps as :class:`~websynthesis.roles.prompts.Step` history, through
 the role's one prompt and history formatter. With WMLA on, the step's action comes from
 :class:`~websynthesis.evaluation.wmla.LookAheadPlanner` instead.
 
@@ -43,9 +43,9 @@ from websynthesis.env.base import Observation, StepResult, WebEnv
 from websynthesis.evaluation.baselines import RandomClick
 from websynthesis.evaluation.webarena_eval import AnswerJudge, evaluate_task
 from websynthesis.evaluation.wmla import LookAhead, LookAheadPlanner, stable_seed
-from websynthesis.models.parsing import Decision
-from websynthesis.models.prompts import PolicyInput, Step
-from websynthesis.models.roles import ModelClient
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.parsing import Decision
+from websynthesis.roles.prompts import PolicyInput, Step
 from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, action_names
 from websynthesis.web.actions import ActionKind
 
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class AgentConfig:
+class AgentSettings:
     """``max_steps`` per episode (failure steps included); ``max_failures`` failure steps in a
     row end the episode; ``policy_role`` is the role that acts (without WMLA); ``baseline``,
     when set, acts instead of any model (:mod:`websynthesis.evaluation.baselines`)."""
@@ -130,7 +130,7 @@ class Agent:
     def __init__(
         self,
         client: ModelClient,
-        config: AgentConfig,
+        config: AgentSettings,
         *,
         planner: LookAheadPlanner | None = None,
         transitions: JsonlLog | None = None,

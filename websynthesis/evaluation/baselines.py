@@ -18,7 +18,7 @@ import random
 from typing import Any
 
 from websynthesis.env.observe import is_element_id
-from websynthesis.models.parsing import Decision
+from websynthesis.roles.parsing import Decision
 from websynthesis.web.actions import Action, ActionKind
 from websynthesis.web.observation import AXTree
 

@@ -1,7 +1,7 @@
 """What the learning evidence shows: its goals, tables and plots, from ``results.json``.
 
-It reads only ``results.json`` (:func:`websynthesis.pipelines.evidence.results`), so the page
-can be regenerated from the numbers alone. The goals are the issue's, fixed before any
+It reads only ``results.json`` (:func:`websynthesis.pipelines.evidence_results.results`), so
+the page can be regenerated from the numbers alone. The goals are the issue's, fixed before any
 result; each is reported with its numbers whether it holds or not. A goal missed is a
 finding, not a reason to change the evaluation.
 """

@@ -30,8 +30,8 @@ from typing import Any
 
 from websynthesis.data.transitions import Transition, read_transitions
 from websynthesis.evaluation.significance import bootstrap_mean
-from websynthesis.models.prompts import WorldModelInput
-from websynthesis.models.roles import ModelClient
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.prompts import WorldModelInput
 from websynthesis.web.observation import AXTree, Score, compare_trees, diff_trees, parse_axtree
 
 METRICS = ("str_valid", "f1_id", "f1_content", "id_preservation", "change_f1", "text_similarity")

@@ -41,7 +41,7 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
-from websynthesis.models.roles import ModelClient
+from websynthesis.roles.client import ModelClient
 from websynthesis.training.reward_data import (
     LabelledStep,
     LabelledTrajectory,

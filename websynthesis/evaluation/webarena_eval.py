@@ -38,8 +38,8 @@ from urllib.parse import parse_qs, urlparse
 
 from websynthesis.data.tasks import Task
 from websynthesis.env.base import EnvError
-from websynthesis.models.prompts import JudgeInput
-from websynthesis.models.roles import ModelClient
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.prompts import JudgeInput
 
 OR = " |OR| "
 GOLD_IN_PRED = "GOLD in PRED"

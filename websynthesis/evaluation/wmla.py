@@ -32,10 +32,10 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from websynthesis.models.parsing import Decision
-from websynthesis.models.prompts import JudgeInput, PolicyInput, Step, WorldModelInput
-from websynthesis.models.roles import ModelClient, Role
-from websynthesis.models.types import Message
+from websynthesis.backends.types import Message
+from websynthesis.roles.client import ModelClient, Role
+from websynthesis.roles.parsing import Decision
+from websynthesis.roles.prompts import JudgeInput, PolicyInput, Step, WorldModelInput
 from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet
 from websynthesis.web.actions import Action, ActionKind, equivalent
 from websynthesis.web.observation import AXTree
@@ -46,7 +46,7 @@ _SEED_MODULUS = 2**31
 
 
 @dataclass(frozen=True)
-class LookAheadConfig:
+class LookAheadSettings:
     """``candidates`` (k <= 3 in WebEvolver), ``depth`` (d), sampling temperature of the
     alternatives, and ``from_step``: the first step that looks ahead (WebEvolver: 2)."""
 
@@ -86,7 +86,7 @@ class DifferingPolicy(Role):
         return (*messages[:-1], {**last, "content": last["content"] + request})
 
 
-def register_roles(client: ModelClient, config: LookAheadConfig) -> None:
+def register_roles(client: ModelClient, config: LookAheadSettings) -> None:
     """Add the greedy and the differing variants of the client's policy role (idempotent).
 
     They count their outcomes under their own names in ``client.stats``.
@@ -211,7 +211,7 @@ class LookAheadPlanner:
     Stateless between calls, so concurrent episodes can share one planner.
     """
 
-    def __init__(self, client: ModelClient, config: LookAheadConfig, policy_role: str = "policy"):
+    def __init__(self, client: ModelClient, config: LookAheadSettings, policy_role: str = "policy"):
         self.client, self.config, self.policy_role = client, config, policy_role
         register_roles(client, config)
 

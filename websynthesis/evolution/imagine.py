@@ -20,14 +20,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
+from websynthesis.counters import Counters
 from websynthesis.data.chat import ChatExample
 from websynthesis.data.policy_examples import policy_example
 from websynthesis.evaluation.wmla import stable_seed
-from websynthesis.models.parsing import failure_label
-from websynthesis.models.prompts import JudgeInput, PolicyInput, Step
-from websynthesis.models.roles import ModelClient
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.parsing import failure_label
+from websynthesis.roles.prompts import JudgeInput, PolicyInput, Step
 from websynthesis.synthesis.policy import POLICY
 from websynthesis.synthesis.state import WebState
 from websynthesis.synthesis.world import ModelWorld
@@ -50,7 +50,7 @@ class Query:
 
 
 @dataclass(frozen=True)
-class ImagineConfig:
+class ImagineSettings:
     """``max_steps`` imagined steps per query; ``threshold``: the judge verdict that accepts;
     ``max_failures`` unusable policy answers in a row end a trajectory."""
 
@@ -61,21 +61,13 @@ class ImagineConfig:
 
 
 @dataclass
-class ImagineStats:
+class ImagineStats(Counters):
     """Per query: ``accepted`` or why not; per step: the policy's failures by kind."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
     policy_failures: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
     steps: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "outcomes": dict(sorted(self.outcomes.items())),
-            "policy_failures": dict(sorted(self.policy_failures.items())),
-            "dropped": dict(sorted(self.dropped.items())),
-            "steps": self.steps,
-        }
 
 
 @dataclass
@@ -86,7 +78,7 @@ class _Trajectory:
 
 
 async def imagine(
-    client: ModelClient, queries: list[Query], config: ImagineConfig
+    client: ModelClient, queries: list[Query], config: ImagineSettings
 ) -> tuple[list[ChatExample], ImagineStats]:
     """Imagine every query at once (the client batches their requests into waves)."""
     stats = ImagineStats()
@@ -100,7 +92,11 @@ async def imagine(
 
 
 async def _play(
-    client: ModelClient, world: ModelWorld, query: Query, config: ImagineConfig, stats: ImagineStats
+    client: ModelClient,
+    world: ModelWorld,
+    query: Query,
+    config: ImagineSettings,
+    stats: ImagineStats,
 ) -> _Trajectory | None:
     state = WebState(query.task_id, query.page)
     trajectory = _Trajectory()

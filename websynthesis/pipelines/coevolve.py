@@ -204,7 +204,7 @@ class CoEvolution:
         train.run(self._job("train", out, overrides))
 
     def _imagine(self, round_index: int, out: Path) -> None:
-        from websynthesis.evolution.imagine import ImagineConfig, imagine
+        from websynthesis.evolution.imagine import ImagineSettings, imagine
         from websynthesis.pipelines.evaluate import model_client
 
         queries = self._failed_queries(self.dir(round_index, "sample"))
@@ -215,7 +215,7 @@ class CoEvolution:
             job = self._job("evaluate", out, [*self._env(), *self._model_overrides(round_index)])
             client = model_client(job)
             try:
-                config = ImagineConfig(
+                config = ImagineSettings(
                     max_steps=int(settings.max_steps),
                     threshold=float(settings.threshold),
                     seed=int(self.cfg.seed) + round_index,
@@ -253,7 +253,7 @@ class CoEvolution:
 
     def _policy_data(self, round_index: int, path: Path) -> dict[str, Any]:
         """Every accepted trajectory so far (MCTS-found, live, earlier imagined), one file."""
-        from websynthesis.models.roles import ModelClient
+        from websynthesis.roles.client import ModelClient
 
         job = self._job("evaluate", path.parent, self._env())
         role = ModelClient.from_config(job.model, backend=_NoBackend()).role("policy")

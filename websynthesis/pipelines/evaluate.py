@@ -33,19 +33,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from websynthesis import tracking
+from websynthesis.backends.stack import build_stack
 from websynthesis.data.episodes import latest_episodes
 from websynthesis.data.records import JsonlLog
 from websynthesis.data.tasks import Task, load_tasks
-from websynthesis.evaluation.agent import Agent, AgentConfig, Episode, EpisodeSpec
+from websynthesis.evaluation.agent import Agent, AgentSettings, Episode, EpisodeSpec
 from websynthesis.evaluation.baselines import baseline
 from websynthesis.evaluation.fidelity import METRICS, evaluate_fidelity, load_transitions
 from websynthesis.evaluation.metrics import Outcome, summarize
 from websynthesis.evaluation.webarena_eval import RoleJudge
-from websynthesis.evaluation.wmla import LookAheadConfig, LookAheadPlanner
+from websynthesis.evaluation.wmla import LookAheadPlanner, LookAheadSettings
 from websynthesis.io import atomic_write_json
-from websynthesis.models.batching import BatchingBackend
-from websynthesis.models.roles import ModelClient
-from websynthesis.models.routing import routed_backend
+from websynthesis.roles.client import ModelClient
 from websynthesis.web.action_sets import action_set
 
 log = logging.getLogger(__name__)
@@ -111,25 +110,25 @@ def _tasks(cfg: DictConfig) -> dict[str, Task | None]:
         for name in names:
             miniwob.task_class(name)  # raises on an unknown task
         return dict.fromkeys(names)
-    known = {task.task_id: task for task in load_tasks(cfg.data.tasks)}
+    known = {task.task_id: task for task in load_tasks(cfg.taskset.path)}
     missing = [name for name in names if name not in known]
     if missing:
-        raise ValueError(f"tasks {missing} are not in data.tasks={cfg.data.tasks}")
+        raise ValueError(f"tasks {missing} are not in taskset.path={cfg.taskset.path}")
     return {name: known[name] for name in names}
 
 
 def model_client(cfg: DictConfig) -> ModelClient:
     """The model client, the policy's temperature overridden by ``eval.temperature``.
 
-    Batched (concurrent episodes share waves) but never cached, whatever ``model.cache``
+    Batched under ``model.batching`` (concurrent episodes share waves) but never cached,
+    whatever ``model.cache``
     says: the response cache knows an adapter by its path, so an adapter retrained in place
     would be scored on its predecessor's answers.
     """
     model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
     if cfg.eval.temperature is not None:
         model.roles.policy.temperature = float(cfg.eval.temperature)
-    backend = BatchingBackend(routed_backend(model))
-    return ModelClient.from_config(model, backend=backend)
+    return ModelClient.from_config(model, backend=build_stack(model).backend)
 
 
 async def _evaluate_agent(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -169,11 +168,11 @@ async def _run_episodes(
     wmla = cfg.eval.wmla
     planner = None
     if wmla.enabled:
-        look = LookAheadConfig(wmla.candidates, wmla.depth, wmla.temperature, wmla.from_step)
+        look = LookAheadSettings(wmla.candidates, wmla.depth, wmla.temperature, wmla.from_step)
         planner = LookAheadPlanner(client, look)
     agent = Agent(
         client,
-        AgentConfig(
+        AgentSettings(
             max_steps=int(cfg.eval.max_steps),
             max_failures=int(cfg.eval.max_failures),
             baseline=baseline(str(cfg.eval.get("policy", "model"))),

@@ -3,7 +3,7 @@
 The trees are searched on one of two worlds (``cfg.world``, ``conf/world/``):
 
 - ``world=model`` (default, the paper's setting): :class:`ModelWorld`, the world model
-  imagining every page from the first page of each task in ``data.tasks``; the reward model
+  imagining every page from the first page of each task in ``taskset.path``; the reward model
   scores each step; the transitions written are ``imagined``.
 - ``world=browser``: :class:`~websynthesis.synthesis.browser_world.LiveBrowserWorld`, live
   MiniWoB++ pages in ``env.pool_size`` browsers, made reversible by reset and replay. One
@@ -19,8 +19,8 @@ The trees are searched on one of two worlds (``cfg.world``, ``conf/world/``):
    kill, and skip the tasks it already records.
 2. Build the model stack from ``cfg.model``: the backend (Hydra ``_target_``), under a
    response cache (``model.cache``, in ``paths.cache_dir``), under a wave batcher
-   (``search.batch``); a :class:`ModelClient` with a :class:`UsageTracker` (``prices``).
-3. List this shard's tasks (``data.tasks`` and ``data.limit``, or the browser instances;
+   (``model.batching``); a :class:`ModelClient` with a :class:`UsageTracker` (``prices``).
+3. List this shard's tasks (``taskset.path`` and ``taskset.limit``, or the browser instances;
    then ``shard``/``num_shards``; checked before any model or browser starts) and start
    each from its first page, and its goal from the world (:meth:`WebWorld.goal`). For
    ``world=model``, tasks without a first page are counted first: an error naming the
@@ -45,9 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -55,17 +53,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from websynthesis.backends.stack import BackendStack, build_stack
+from websynthesis.backends.types import Backend
+from websynthesis.backends.usage import UsageTracker
 from websynthesis.data.tasks import Task, instances, load_tasks, shard_tasks, task_key
 from websynthesis.env.base import EnvError
-from websynthesis.models.batching import BatchingBackend
-from websynthesis.models.cache import CachedBackend
-from websynthesis.models.roles import ModelClient
-from websynthesis.models.routing import routed_backend
-from websynthesis.models.types import Backend
-from websynthesis.models.usage import UsageTracker
+from websynthesis.roles.client import ModelClient
 from websynthesis.search import SearchEngine, SearchResult, StopReason, TreeTask
 from websynthesis.synthesis import (
-    KINDS,
+    TRAJECTORY_KINDS,
     BrowserWorld,
     Extractor,
     Goal,
@@ -74,14 +70,14 @@ from websynthesis.synthesis import (
     RunStore,
     Unsearchable,
     WebSearchPolicy,
-    core_search_config,
-    engine_config,
+    engine_settings,
     merge_counts,
     run_stats,
+    search_settings,
     task_summary,
+    tree_record,
 )
 from websynthesis.synthesis.state import WebState, encode_action
-from websynthesis.web.action_sets import action_names
 
 if TYPE_CHECKING:
     from websynthesis.synthesis.browser_world import LiveBrowserWorld
@@ -92,42 +88,24 @@ log = logging.getLogger(__name__)
 WORLDS = ("model", "browser")
 
 
-@dataclass(frozen=True)
-class BackendStack:
-    """The backend the client talks to, and the layers whose statistics are reported."""
-
-    backend: Backend
-    cache: CachedBackend | None
-    batcher: BatchingBackend | None
-
-
 def build_backend(cfg: DictConfig, backend: Backend | None = None) -> BackendStack:
-    """``cfg.model.backend`` and its role backends (or ``backend``), cached, then batched,
-    as configured."""
-    inner = backend if backend is not None else routed_backend(cfg.model)
-    cache = None
-    if cfg.model.cache:
-        path = Path(cfg.paths.cache_dir) / "responses" / f"{cfg.model.name}.sqlite"
-        cache = CachedBackend(inner, path)
-        inner = cache
-    batcher = None
-    if cfg.search.batch:
-        batcher = BatchingBackend(inner, max_batch_size=cfg.search.max_batch_size)
-        inner = batcher
-    return BackendStack(inner, cache, batcher)
+    """The job's backend stack (:func:`~websynthesis.backends.stack.build_stack`): cached
+    under ``model.cache``, batched under ``model.batching``."""
+    cache_dir = cfg.paths.cache_dir if cfg.model.cache else None
+    return build_stack(cfg.model, backend=backend, cache_dir=cache_dir)
 
 
 def select_tasks(cfg: DictConfig) -> list[Task]:
-    """This job's shard of the tasks to search: ``data.tasks`` (``data.limit`` of them) for
+    """This job's shard of the tasks to search: ``taskset.path`` (``taskset.limit`` of them) for
     ``world=model``, every (``env.tasks``, ``world.seeds``) instance for ``world=browser``."""
     if cfg.world.name not in WORLDS:
         raise ValueError(f"unknown world {cfg.world.name!r}: expected one of {WORLDS}")
     if cfg.world.name == "browser":
         tasks = browser_tasks(cfg)
     else:
-        tasks = load_tasks(cfg.data.tasks)
-        if cfg.data.limit is not None:
-            tasks = tasks[: cfg.data.limit]
+        tasks = load_tasks(cfg.taskset.path)
+        if cfg.taskset.limit is not None:
+            tasks = tasks[: cfg.taskset.limit]
     return shard_tasks(tasks, cfg.shard, cfg.num_shards)
 
 
@@ -150,12 +128,12 @@ def check_first_pages(cfg: DictConfig, tasks: list[Task]) -> None:
         return
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     capture = (
-        f"capture them in the real browser with `{CAPTURE} data.tasks={cfg.data.tasks} "
+        f"capture them in the real browser with `{CAPTURE} taskset.path={cfg.taskset.path} "
         "env=webarena env.site_urls.<site>=<url> out=<file>` (WebArena's own configs have none)"
     )
     if len(missing) == len(tasks):
         raise NoFirstPages(
-            f"none of the {len(tasks)} tasks of data.tasks={cfg.data.tasks} has a first page "
+            f"none of the {len(tasks)} tasks of taskset.path={cfg.taskset.path} has a first page "
             f"(state), which world=model imagines from: {capture}"
         )
     if not cfg.skip_without_state:
@@ -207,7 +185,7 @@ def build_world(cfg: DictConfig, client: ModelClient) -> SearchWorld:
         from websynthesis.synthesis.browser_world import LiveBrowserWorld
 
         return LiveBrowserWorld.from_config(OmegaConf.to_object(cfg.env))
-    return ModelWorld(client, accept_malformed=cfg.search.accept_malformed_pages)
+    return ModelWorld(client, accept_malformed=cfg.world.accept_malformed_pages)
 
 
 def run(cfg: DictConfig, backend: Backend | None = None) -> dict[str, Any]:
@@ -280,8 +258,8 @@ class Synthesis:
             engine: SearchEngine[WebState, Any] = SearchEngine(
                 self.world,
                 self.policy,
-                core_search_config(self.cfg.search, self.policy.scale, int(self.cfg.seed)),
-                engine_config(self.cfg.search),
+                search_settings(self.cfg.search, self.policy.scale, int(self.cfg.seed)),
+                engine_settings(self.cfg.search, self.cfg.model.batching),
                 budget_exhausted=self._budget_exhausted,
                 on_tree_done=self._tree_done,
                 on_progress=display.update,
@@ -367,18 +345,9 @@ class Synthesis:
         examples: dict[str, list[dict[str, Any]]] | None = None,
         goal: Goal | None = None,
     ) -> None:
-        record: dict[str, Any] = {"task_id": task_id, "task_key": self.keys[task_id]}
-        if goal is not None:
-            record["goal"] = {
-                "objective": goal.objective,
-                "allowed_sites": [*goal.allowed_sites],
-                "action_set": action_names(goal.actions),
-            }
-        record |= {
-            "summary": summary,
-            "tree": tree,
-            "examples": examples or {kind: [] for kind in KINDS},
-        }
+        record = tree_record(
+            task_id, self.keys[task_id], summary, tree, examples=examples, goal=goal
+        )
         self.store.append(record)
         self.records.append(record)
 
@@ -388,7 +357,7 @@ class Synthesis:
         session = {
             "usage": self.usage.to_dict(),
             "outcomes": self.client.stats.to_dict(),
-            "cache": None if stack.cache is None else asdict(stack.cache.stats),
+            "cache": None if stack.cache is None else stack.cache.stats.to_dict(),
             "batching": None if stack.batcher is None else stack.batcher.stats.to_dict(),
             "world": self.world.stats.to_dict(),
             "policy": self.policy.stats.to_dict(),
@@ -414,16 +383,9 @@ class Synthesis:
         return stats
 
     def _budget_exhausted(self) -> bool:
-        search = self.cfg.search
-        if search.token_budget is not None:
-            before = (self.previous.get("usage") or {}).get("total", {}).get("total_tokens", 0)
-            if before + self.usage.counts().total_tokens >= search.token_budget:
-                return True
-        if search.cost_budget is not None:
-            before = (self.previous.get("usage") or {}).get("total", {}).get("cost_usd") or 0.0
-            if before + float(self.usage.cost()) >= search.cost_budget:
-                return True
-        return False
+        budget = self.cfg.budget
+        earlier = (self.previous.get("usage") or {}).get("total")
+        return self.usage.exhausted(budget.tokens, budget.cost_usd, earlier=earlier)
 
     def _usage_now(self) -> tuple[int, int, float | None]:
         counts = self.usage.to_dict()["total"]
@@ -433,7 +395,7 @@ class Synthesis:
         tasks = stats["tasks"]
         title = f"{tasks['done']}/{tasks['total']} tasks, {tasks['solved']} solved"
         table = Table(title=f"{title}, {stats['nodes']} nodes")
-        for column in ("task", "stop", "nodes", "solved", *KINDS):
+        for column in ("task", "stop", "nodes", "solved", *TRAJECTORY_KINDS):
             table.add_column(column, justify="left" if column in ("task", "stop") else "right")
         for task_id, summary in list(stats["per_task"].items())[:20]:
             counts = summary.get("examples") or {}
@@ -442,7 +404,7 @@ class Synthesis:
                 summary.get("stop_reason") or "-",
                 str(summary.get("nodes", 0)),
                 "yes" if summary.get("solved") else "no",
-                *(str(counts.get(kind, 0)) for kind in KINDS),
+                *(str(counts.get(kind, 0)) for kind in TRAJECTORY_KINDS),
             )
         Console().print(table)
         metrics = {
@@ -450,7 +412,10 @@ class Synthesis:
             "synthesis/tasks_solved": tasks["solved"],
             "synthesis/nodes": stats["nodes"],
             "synthesis/wall_time_s": stats["wall_time_s"],
-            **{f"synthesis/examples/{kind}": stats["examples"].get(kind, 0) for kind in KINDS},
+            **{
+                f"synthesis/examples/{kind}": stats["examples"].get(kind, 0)
+                for kind in TRAJECTORY_KINDS
+            },
             **{f"synthesis/calls/{role}": n for role, n in stats["calls"].items()},
             **{f"synthesis/tokens/{role}": t["total"] for role, t in stats["tokens"].items()},
         }
@@ -471,8 +436,8 @@ class Synthesis:
         """A few examples of each kind, for a glance at what the run produced."""
         columns = ["kind", "task_id", "depth", "reward", "action", "target"]
         rows: list[list[Any]] = []
-        per_kind = max(1, self.cfg.sample_trajectories // len(KINDS))
-        for kind in KINDS:
+        per_kind = max(1, self.cfg.sample_trajectories // len(TRAJECTORY_KINDS))
+        for kind in TRAJECTORY_KINDS:
             shown = 0
             for record in self.records:
                 for row in record["examples"][kind]:

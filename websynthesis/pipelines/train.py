@@ -27,10 +27,10 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from websynthesis import tracking
+from websynthesis.backends.loading import load_model, load_tokenizer, resolve_model_path
 from websynthesis.config import StageConfig
 from websynthesis.data.chat import ChatExample, read_chat_jsonl
 from websynthesis.io import atomic_write_json
-from websynthesis.models.loading import load_model, load_tokenizer, resolve_model_path
 from websynthesis.training.curriculum import plan_stages, publish_adapter, run_curriculum
 from websynthesis.training.mixes import MIX_NAMES, build_mix
 

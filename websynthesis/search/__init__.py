@@ -4,37 +4,37 @@ Nothing here knows about the web: states and actions are opaque. A problem is
 a :class:`World` plus a :class:`SearchPolicy` (see ``interfaces``);
 :class:`TreeSearch` searches one tree, :class:`SearchEngine` many, so that the
 model calls of all trees meet in the same waves (see
-``websynthesis.models.batching``).
+``websynthesis.backends.batching``).
 """
 
-from websynthesis.search.config import SearchConfig
-from websynthesis.search.engine import EngineConfig, Progress, SearchEngine, TreeTask
+from websynthesis.search.engine import EngineSettings, Progress, SearchEngine, TreeTask
 from websynthesis.search.interfaces import (
     Context,
     Evaluation,
     Proposal,
     SearchPolicy,
-    Transition,
+    StepOutcome,
     World,
 )
 from websynthesis.search.mcts import TreeSearch, backpropagate, select_child
 from websynthesis.search.node import Node, TerminalKind
 from websynthesis.search.result import SearchResult, StopReason, TreeStats
+from websynthesis.search.settings import SearchSettings
 
 __all__ = [
     "Context",
-    "EngineConfig",
+    "EngineSettings",
     "Evaluation",
     "Node",
     "Progress",
     "Proposal",
-    "SearchConfig",
     "SearchEngine",
     "SearchPolicy",
     "SearchResult",
+    "SearchSettings",
+    "StepOutcome",
     "StopReason",
     "TerminalKind",
-    "Transition",
     "TreeSearch",
     "TreeStats",
     "TreeTask",

@@ -3,7 +3,7 @@
 The reference searched one task at a time, two requests at a time (E1, E2). The
 engine keeps ``concurrent_trees`` trees in flight on one event loop, each with
 up to ``in_flight_per_tree`` iterations. Every model call is a coroutine of the
-problem; behind a :class:`~websynthesis.models.batching.BatchingBackend`, the
+problem; behind a :class:`~websynthesis.backends.batching.BatchingBackend`, the
 calls that all trees issue in the same wave (every tree's proposals, then every
 new child's world step, then every reward) become one backend batch.
 
@@ -25,10 +25,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic
 
-from websynthesis.search.config import SearchConfig
 from websynthesis.search.interfaces import A, S, SearchPolicy, World
 from websynthesis.search.mcts import TreeSearch
 from websynthesis.search.result import SearchResult, StopReason
+from websynthesis.search.settings import SearchSettings
 
 TreeDone = Callable[[str, SearchResult[Any, Any]], Awaitable[None] | None]
 
@@ -43,8 +43,8 @@ class TreeTask(Generic[S]):
 
 
 @dataclass(frozen=True)
-class EngineConfig:
-    """How trees run together (the algorithm's own knobs are in :class:`SearchConfig`).
+class EngineSettings:
+    """How trees run together (the algorithm's own knobs are in :class:`SearchSettings`).
 
     Args:
         concurrent_trees: trees searched at once.
@@ -100,8 +100,8 @@ class SearchEngine(Generic[S, A]):
         self,
         world: World[S, A],
         policy: SearchPolicy[S, A],
-        search: SearchConfig | None = None,
-        engine: EngineConfig | None = None,
+        search: SearchSettings | None = None,
+        engine: EngineSettings | None = None,
         *,
         budget_exhausted: Callable[[], bool] | None = None,
         on_tree_done: TreeDone | None = None,
@@ -110,8 +110,8 @@ class SearchEngine(Generic[S, A]):
     ) -> None:
         self.world = world
         self.policy = policy
-        self.search = search or SearchConfig()
-        self.engine = engine or EngineConfig()
+        self.search = search or SearchSettings()
+        self.engine = engine or EngineSettings()
         self._budget_exhausted = budget_exhausted
         self._on_tree_done = on_tree_done
         self._on_progress = on_progress

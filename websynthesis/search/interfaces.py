@@ -27,7 +27,7 @@ A_contra = TypeVar("A_contra", contravariant=True)
 
 
 @dataclass(frozen=True, slots=True)
-class Transition(Generic[S]):
+class StepOutcome(Generic[S]):
     """The result of one :meth:`World.step`.
 
     ``env_reward`` is a reward the environment itself gives (a real browser's
@@ -65,7 +65,7 @@ class Evaluation:
 
     ``ok=False`` means the score could not be obtained (unparsable answer,
     failed call): the node stores ``reward=None`` and the reason, and the search
-    values it at ``SearchConfig.failed_reward``. Unlike the reference, which
+    values it at ``SearchSettings.failed_reward``. Unlike the reference, which
     turned parse failures into 0 (bug B6), a failure stays distinguishable from
     a bad score in the saved tree.
     """
@@ -93,7 +93,7 @@ class Context(Generic[S, A]):
 class World(Protocol[S, A_contra]):
     """The dynamics: what an action does to a state."""
 
-    async def step(self, state: S, action: A_contra) -> Transition[S]:
+    async def step(self, state: S, action: A_contra) -> StepOutcome[S]:
         """Apply ``action`` to ``state``.
 
         Called for every kept action, stops included: a world model should

@@ -37,10 +37,10 @@ import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
 
-from websynthesis.search.config import SearchConfig
 from websynthesis.search.interfaces import A, Context, Evaluation, Proposal, S, SearchPolicy, World
 from websynthesis.search.node import Node, TerminalKind
 from websynthesis.search.result import SearchResult, StopReason, TreeStats
+from websynthesis.search.settings import SearchSettings
 
 T = TypeVar("T")
 Gather = Callable[[Sequence[Coroutine[Any, Any, T]]], Awaitable[list[T]]]
@@ -69,7 +69,7 @@ def argmax(items: Sequence[T], key: Callable[[T], float], rng: random.Random) ->
     return tied[0] if len(tied) == 1 else rng.choice(tied)
 
 
-def select_child(node: Node[S, A], config: SearchConfig, rng: random.Random) -> Node[S, A]:
+def select_child(node: Node[S, A], config: SearchSettings, rng: random.Random) -> Node[S, A]:
     """The child an iteration descends into.
 
     Children no iteration has visited or is visiting come first, best value
@@ -93,7 +93,7 @@ def select_child(node: Node[S, A], config: SearchConfig, rng: random.Random) -> 
     return tied[0] if len(tied) == 1 else rng.choice(tied)
 
 
-def backpropagate(path: Sequence[Node[S, A]], value: float, config: SearchConfig) -> None:
+def backpropagate(path: Sequence[Node[S, A]], value: float, config: SearchSettings) -> None:
     """Add the leaf's return to every node of ``path`` (root first), discounted toward ``low``."""
     for node in reversed(path):
         node.visits += 1
@@ -120,7 +120,7 @@ class TreeSearch(Generic[S, A]):
         world: World[S, A],
         policy: SearchPolicy[S, A],
         root_state: S,
-        config: SearchConfig | None = None,
+        config: SearchSettings | None = None,
         *,
         task_id: str = "",
         payload: Any = None,
@@ -129,7 +129,7 @@ class TreeSearch(Generic[S, A]):
     ) -> None:
         self.world = world
         self.policy = policy
-        self.config = config or SearchConfig()
+        self.config = config or SearchSettings()
         self.task_id = task_id
         self.payload = payload
         self.seed = tree_seed(self.config.seed, task_id)

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Generic
 
-from websynthesis.search.config import SearchConfig
 from websynthesis.search.interfaces import A, S
 from websynthesis.search.node import Codec, Node, tree_from_list, tree_to_list
+from websynthesis.search.settings import SearchSettings
 
 
 class StopReason(StrEnum):
@@ -53,7 +53,7 @@ class SearchResult(Generic[S, A]):
 
     task_id: str
     root: Node[S, A]
-    config: SearchConfig
+    config: SearchSettings
     stop_reason: StopReason
     iterations: int
     elapsed_s: float
@@ -134,7 +134,7 @@ class SearchResult(Generic[S, A]):
         return cls(
             task_id=data["task_id"],
             root=tree_from_list(data["nodes"], decode_state, decode_action),
-            config=SearchConfig.from_dict(data["config"]),
+            config=SearchSettings.from_dict(data["config"]),
             stop_reason=StopReason(data["stop_reason"]),
             iterations=data["iterations"],
             elapsed_s=data["elapsed_s"],

@@ -10,17 +10,24 @@ tree as an HTML page. ``websynthesis.pipelines.synthesize`` puts them together b
 ``synthesize.py``. Layer: above ``search``, ``data`` and ``env``. See ``tests/test_layers.py``.
 """
 
-from websynthesis.synthesis.extract import KINDS, Extracted, Extractor
+from websynthesis.synthesis.extract import Extracted, Extractor
 from websynthesis.synthesis.policy import WebSearchPolicy
 from websynthesis.synthesis.progress import ProgressDisplay
-from websynthesis.synthesis.settings import core_search_config, engine_config
+from websynthesis.synthesis.settings import engine_settings, search_settings
 from websynthesis.synthesis.state import Goal, WebState, history
 from websynthesis.synthesis.stats import merge_counts, run_stats, task_summary
-from websynthesis.synthesis.store import RunDirBusy, RunStore
+from websynthesis.synthesis.store import (
+    POLICY_KINDS,
+    TRAJECTORY_KINDS,
+    RunDirBusy,
+    RunStore,
+    tree_record,
+)
 from websynthesis.synthesis.world import BrowserWorld, ModelWorld, Unsearchable, WebWorld
 
 __all__ = [
-    "KINDS",
+    "POLICY_KINDS",
+    "TRAJECTORY_KINDS",
     "BrowserWorld",
     "Extracted",
     "Extractor",
@@ -33,10 +40,11 @@ __all__ = [
     "WebSearchPolicy",
     "WebState",
     "WebWorld",
-    "core_search_config",
-    "engine_config",
+    "engine_settings",
     "history",
     "merge_counts",
     "run_stats",
+    "search_settings",
     "task_summary",
+    "tree_record",
 ]

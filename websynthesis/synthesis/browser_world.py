@@ -14,7 +14,7 @@ replay of that id uses it; an id without ``@seed`` runs under the world's defaul
 The objective of an instance is the environment's instruction, known once it is reset
 (:meth:`LiveBrowserWorld.goal`).
 
-Rewards: the task's own reward (MiniWoB's) is passed through as ``Transition.env_reward``;
+Rewards: the task's own reward (MiniWoB's) is passed through as ``StepOutcome.env_reward``;
 a ``stop`` does not touch the browser and carries the reward of the state it stops on.
 With ``scored=False`` (self-hosted WebArena, scored afterwards by the evaluators) every
 ``env_reward`` is ``None`` and the search asks its reward model.
@@ -22,7 +22,7 @@ With ``scored=False`` (self-hosted WebArena, scored afterwards by the evaluators
 A browser that cannot start a task raises :class:`~websynthesis.env.base.EnvError` from
 :meth:`LiveBrowserWorld.reset`: the environment failed, not the task, so it is not
 :class:`~websynthesis.synthesis.world.Unsearchable`. A replay that fails (browser crash,
-timeout, an episode that ends early) makes the step a ``Transition(error=...)``, which the
+timeout, an episode that ends early) makes the step a ``StepOutcome(error=...)``, which the
 search keeps as a failed leaf. A replayed page that differs from the stored one (a page with
 timers or randomness beyond the seed) is counted in :attr:`ReplayStats.mismatches` and the
 search goes on from the live page.
@@ -32,15 +32,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from websynthesis.config import EnvConfig
+from websynthesis.counters import Counters
 from websynthesis.data.tasks import Task, split_instance
 from websynthesis.env.base import EnvError, WebEnv
 from websynthesis.env.browsergym_env import make_env
 from websynthesis.env.pool import EnvPool
-from websynthesis.search import Transition
+from websynthesis.search import StepOutcome
 from websynthesis.synthesis.state import Goal, WebState
 from websynthesis.synthesis.world import BrowserWorld
 from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, action_set
@@ -50,7 +51,7 @@ _Position = tuple[str, tuple[Action, ...]]
 
 
 @dataclass
-class ReplayStats:
+class ReplayStats(Counters):
     """``resets`` of a task's first page, ``replays`` of a prefix and the ``replayed_steps``
     they took, ``direct`` steps on a browser already in place, replayed pages that differed
     from the stored ones (``mismatches``) and environment ``failures``."""
@@ -61,9 +62,6 @@ class ReplayStats:
     direct: int = 0
     mismatches: int = 0
     failures: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class LiveBrowserWorld(BrowserWorld):
@@ -121,9 +119,9 @@ class LiveBrowserWorld(BrowserWorld):
         """Stop every browser of the pool (steps still waiting for one get ``RuntimeError``)."""
         self.pool.close()
 
-    async def step(self, state: WebState, action: Action) -> Transition[WebState]:
+    async def step(self, state: WebState, action: Action) -> StepOutcome[WebState]:
         if action.kind is ActionKind.STOP:
-            return Transition(
+            return StepOutcome(
                 state.after(action), env_reward=self._reward((state.task_id, state.actions))
             )
         return await asyncio.to_thread(self._step, state, action)
@@ -138,7 +136,7 @@ class LiveBrowserWorld(BrowserWorld):
         self._rewards[(task_id, ())] = 0.0
         return WebState(task_id, observation.tree)
 
-    def _step(self, state: WebState, action: Action) -> Transition[WebState]:
+    def _step(self, state: WebState, action: Action) -> StepOutcome[WebState]:
         here: _Position = (state.task_id, state.actions)
         with self.pool.lease(prefer=lambda env: self._positions.get(id(env)) == here) as env:
             at = self._positions.get(id(env))
@@ -147,13 +145,13 @@ class LiveBrowserWorld(BrowserWorld):
                 failure = self._replay(env, state)
                 if failure is not None:
                     self.stats.failures += 1
-                    return Transition(state, error=failure)
+                    return StepOutcome(state, error=failure)
             else:
                 self.stats.direct += 1
             result = env.step(action)
             if result.error is not None:
                 self.stats.failures += 1
-                return Transition(state, error=result.error)
+                return StepOutcome(state, error=result.error)
             refused = result.observation.last_action_error
             after = state.after(action, result.observation.tree, refused=refused)
             ended = result.done or result.truncated
@@ -161,7 +159,7 @@ class LiveBrowserWorld(BrowserWorld):
                 self._positions[id(env)] = (state.task_id, after.actions)
         self._rewards[(state.task_id, after.actions)] = result.reward
         reward = result.reward if self.scored else None
-        return Transition(after, env_reward=reward, terminal=ended)
+        return StepOutcome(after, env_reward=reward, terminal=ended)
 
     def _replay(self, env: WebEnv, state: WebState) -> str | None:
         """Bring ``env`` to ``state``: reset, then the prefix. Returns why it failed, if it did."""

@@ -38,18 +38,18 @@ from typing import Any
 from websynthesis.data.chat import ChatExample
 from websynthesis.data.policy_examples import check_visible, policy_example, visible_page
 from websynthesis.data.world_model_data import role_target
-from websynthesis.models.parsing import failure_label
-from websynthesis.models.prompts import PolicyInput, ReflectionInput, Step, WorldModelInput
-from websynthesis.models.roles import ModelClient
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.parsing import failure_label
+from websynthesis.roles.prompts import PolicyInput, ReflectionInput, Step, WorldModelInput
 from websynthesis.search import SearchResult, TerminalKind
 from websynthesis.synthesis.policy import POLICY
 from websynthesis.synthesis.state import Goal, WebNode, WebState, history
+from websynthesis.synthesis.store import TRAJECTORY_KINDS
 from websynthesis.synthesis.world import WORLD_MODEL
 from websynthesis.web.actions import Action, ActionKind
 from websynthesis.web.observation import AXTree
 
 REFLECTION = "reflection"
-KINDS = ("valuable", "rollback", "transitions")
 GO_BACK = Action(ActionKind.GO_BACK)
 
 
@@ -65,12 +65,11 @@ class Extracted:
     def rows(self) -> dict[str, list[dict[str, Any]]]:
         """The examples as JSON rows, by kind (what trees.jsonl stores)."""
         return {
-            kind: [{"messages": list(ex.messages), "meta": ex.meta} for ex in getattr(self, kind)]
-            for kind in KINDS
+            kind: [example.to_row() for example in getattr(self, kind)] for kind in TRAJECTORY_KINDS
         }
 
     def counts(self) -> dict[str, Any]:
-        counts: dict[str, Any] = {kind: len(getattr(self, kind)) for kind in KINDS}
+        counts: dict[str, Any] = {kind: len(getattr(self, kind)) for kind in TRAJECTORY_KINDS}
         return counts | {"dropped": dict(sorted(self.dropped.items()))}
 
 

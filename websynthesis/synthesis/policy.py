@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
+from websynthesis.counters import Counters
 from websynthesis.data.policy_examples import check_visible, visible_page
-from websynthesis.models.parsing import Decision, Parsed, ScoreScale, failure_label
-from websynthesis.models.prompts import PolicyInput, RewardInput
-from websynthesis.models.roles import ModelClient
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.parsing import Decision, Parsed, ScoreScale, failure_label
+from websynthesis.roles.prompts import PolicyInput, RewardInput
 from websynthesis.search import Context, Evaluation, Proposal
 from websynthesis.synthesis.state import Goal, WebState, history
 from websynthesis.web.actions import Action, ActionKind, equivalent
@@ -35,17 +35,11 @@ ENV_REWARD_REASON = "the environment's reward"
 
 
 @dataclass
-class PolicyStats:
+class PolicyStats(Counters):
     """``proposals`` by outcome (``ok`` or ``kind/reason``); ``evaluations`` by source."""
 
     proposals: Counter[str] = field(default_factory=Counter)
     evaluations: Counter[str] = field(default_factory=Counter)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "proposals": dict(sorted(self.proposals.items())),
-            "evaluations": dict(sorted(self.evaluations.items())),
-        }
 
 
 class WebSearchPolicy:

@@ -7,7 +7,7 @@ the page again on a live site, and the world model's "earlier actions".
 
 The history a prompt shows (:func:`history`) is rebuilt from the tree path, never stored as a
 string, so search, training data and evaluation format it with the one formatter of
-:mod:`websynthesis.models.prompts` (the reference kept a separate trace string per node, in a
+:mod:`websynthesis.roles.prompts` (the reference kept a separate trace string per node, in a
 different format from its training data: audit D6).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from websynthesis.data.tasks import Task
-from websynthesis.models.prompts import Step
+from websynthesis.roles.prompts import Step
 from websynthesis.search import Node
 from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, action_set
 from websynthesis.web.actions import Action, parse_action

@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from websynthesis.search import SearchResult
-from websynthesis.synthesis.extract import KINDS, Extracted
+from websynthesis.synthesis.extract import Extracted
+from websynthesis.synthesis.store import TRAJECTORY_KINDS
 
 _TAKE_MAX = frozenset({"largest_batch"})
 
@@ -76,7 +77,7 @@ def run_stats(
     dropped: Counter[str] = Counter()
     for record in searched:
         counts = record["summary"]["examples"]
-        examples.update({kind: counts[kind] for kind in KINDS})
+        examples.update({kind: counts[kind] for kind in TRAJECTORY_KINDS})
         dropped.update(counts["dropped"])
     usage = counters.get("usage") or {}
     roles = usage.get("roles", {})

@@ -36,15 +36,47 @@ from websynthesis.io import (
     iter_jsonl,
     recover_jsonl,
 )
-from websynthesis.synthesis.extract import KINDS
+from websynthesis.synthesis.state import Goal
+from websynthesis.web.action_sets import action_names
 
 log = logging.getLogger(__name__)
+
+POLICY_KINDS = ("valuable", "rollback")
+"""The trajectory kinds that train the policy (each a training mix of the same name)."""
+TRAJECTORY_KINDS = (*POLICY_KINDS, "transitions")
+"""What a record keeps of its tree, by kind; each is also ``trajectories/<kind>.jsonl``."""
 
 TREES = "trees.jsonl"
 SUPERSEDED = "trees.superseded.jsonl"
 TRAJECTORIES = "trajectories"
 STATS = "stats.json"
 LOCK = ".synthesize.lock"
+
+
+def tree_record(
+    task_id: str,
+    task_key: str,
+    summary: dict[str, Any],
+    tree: dict[str, Any] | None,
+    *,
+    examples: dict[str, list[dict[str, Any]]] | None = None,
+    goal: Goal | None = None,
+) -> dict[str, Any]:
+    """One line of ``trees.jsonl``: the task (``task_key`` says which version of it was
+    searched), its summary, its tree (``None``: skipped) and its examples by kind. ``goal`` is
+    kept for a live site's objective, which no task file holds."""
+    record: dict[str, Any] = {"task_id": task_id, "task_key": task_key}
+    if goal is not None:
+        record["goal"] = {
+            "objective": goal.objective,
+            "allowed_sites": [*goal.allowed_sites],
+            "action_set": action_names(goal.actions),
+        }
+    return record | {
+        "summary": summary,
+        "tree": tree,
+        "examples": examples or {kind: [] for kind in TRAJECTORY_KINDS},
+    }
 
 
 class RunDirBusy(RuntimeError):
@@ -79,7 +111,7 @@ class RunStore:
     def append(self, record: dict[str, Any]) -> None:
         """Record one finished task: its line first, then its examples."""
         append_line(self.trees, json.dumps(record, ensure_ascii=False))
-        for kind in KINDS:
+        for kind in TRAJECTORY_KINDS:
             rows = record["examples"][kind]
             if rows:
                 path = self.trajectory_path(kind)
@@ -155,9 +187,9 @@ class RunStore:
 
     def _materialise(self, records: Iterable[dict[str, Any]]) -> None:
         """Rewrite the trajectory files from the records (each atomically)."""
-        lines: dict[str, list[str]] = {kind: [] for kind in KINDS}
+        lines: dict[str, list[str]] = {kind: [] for kind in TRAJECTORY_KINDS}
         for record in records:
-            for kind in KINDS:
+            for kind in TRAJECTORY_KINDS:
                 lines[kind] += [json.dumps(r, ensure_ascii=False) for r in record["examples"][kind]]
-        for kind in KINDS:
+        for kind in TRAJECTORY_KINDS:
             atomic_write_text(self.trajectory_path(kind), "".join(f"{ln}\n" for ln in lines[kind]))

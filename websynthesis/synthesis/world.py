@@ -9,7 +9,7 @@ action prefix, never the policy's reasoning: the reference passed the raw respon
 skipped the model whenever that text contained "stop" anywhere (B1). A ``stop`` is
 recognised by its parsed kind and leads to the same page without a model call. Every
 outcome is typed and counted in :class:`WorldStats`; a page the model could not write, after
-the role's retries, is a ``Transition(error=...)`` (the core keeps it as a failed leaf worth
+the role's retries, is a ``StepOutcome(error=...)`` (the core keeps it as a failed leaf worth
 ``low``, never evaluated), not an empty page searched further (B5).
 """
 
@@ -18,13 +18,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
+from websynthesis.counters import Counters
 from websynthesis.data.tasks import Task
-from websynthesis.models.parsing import Failure
-from websynthesis.models.prompts import WorldModelInput
-from websynthesis.models.roles import ModelClient
-from websynthesis.search import Transition
+from websynthesis.roles.client import ModelClient
+from websynthesis.roles.parsing import Failure
+from websynthesis.roles.prompts import WorldModelInput
+from websynthesis.search import StepOutcome
 from websynthesis.synthesis.state import Goal, WebState
 from websynthesis.web.actions import Action, ActionKind
 from websynthesis.web.observation import parse_axtree
@@ -46,7 +46,7 @@ class WebWorld(ABC):
         """The task's first state; raises :class:`Unsearchable` when there is none."""
 
     @abstractmethod
-    async def step(self, state: WebState, action: Action) -> Transition[WebState]:
+    async def step(self, state: WebState, action: Action) -> StepOutcome[WebState]:
         """The state ``action`` leads to from ``state`` (a stop included; see ``World.step``)."""
 
     def goal(self, task: Task) -> Goal:
@@ -73,11 +73,11 @@ class BrowserWorld(WebWorld):
       first page. A browser that fails is not the task's fault: let that error propagate
       (synthesize.py then leaves the task unrecorded, so a rerun tries it again).
     - :meth:`step`: reach ``state`` (reset, then replay ``state.actions``, or reuse a browser
-      already there) and execute ``action``. Return ``Transition(state.after(action, page),
+      already there) and execute ``action``. Return ``StepOutcome(state.after(action, page),
       env_reward=r, terminal=done)`` with the task's reward ``r`` in [0, 1] (``None`` if the
       site gives none; the policy then asks the reward model) and ``done`` when the episode
       ended. An action the page refuses is still a transition (usually to the same page);
-      ``Transition(state, error=...)`` is for an environment failure (crash, timeout), which
+      ``StepOutcome(state, error=...)`` is for an environment failure (crash, timeout), which
       the search keeps as a failed leaf. A ``stop`` must not touch the browser: return
       ``state.after(action)`` with the task's reward for the answer.
 
@@ -90,7 +90,7 @@ class BrowserWorld(WebWorld):
 
 
 @dataclass
-class WorldStats:
+class WorldStats(Counters):
     """What the world did: ``steps`` asked, ``stops`` answered without a model, ``predicted``
     pages, ``accepted_malformed`` pages kept despite structural errors, ``failed`` by kind."""
 
@@ -99,15 +99,6 @@ class WorldStats:
     predicted: int = 0
     accepted_malformed: int = 0
     failed: Counter[str] = field(default_factory=Counter)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "stops": self.stops,
-            "predicted": self.predicted,
-            "accepted_malformed": self.accepted_malformed,
-            "failed": dict(sorted(self.failed.items())),
-        }
 
 
 class ModelWorld(WebWorld):
@@ -137,11 +128,11 @@ class ModelWorld(WebWorld):
             raise Unsearchable(f"the first page has structural errors: {page.errors[0]}")
         return WebState(task.task_id, page)
 
-    async def step(self, state: WebState, action: Action) -> Transition[WebState]:
+    async def step(self, state: WebState, action: Action) -> StepOutcome[WebState]:
         self.stats.steps += 1
         if action.kind is ActionKind.STOP:
             self.stats.stops += 1
-            return Transition(state.after(action))
+            return StepOutcome(state.after(action))
         question = WorldModelInput(state.observation, action, state.actions)
         (outcome,) = await self.client.run(WORLD_MODEL, [question])
         page = outcome.value
@@ -150,8 +141,8 @@ class ModelWorld(WebWorld):
         ):
             self.stats.predicted += 1
             self.stats.accepted_malformed += not outcome.ok
-            return Transition(state.after(action, page))
+            return StepOutcome(state.after(action, page))
         kind = str(outcome.failure)
         self.stats.failed[kind] += 1
         detail = f": {outcome.detail}" if outcome.detail else ""
-        return Transition(state, error=f"{kind}{detail}"[:500])
+        return StepOutcome(state, error=f"{kind}{detail}"[:500])

@@ -33,8 +33,8 @@ success below: low) in the student's reward and judge prompts and scales; ``rewa
 step whose action the live page refused is low; ``tree``: labelled like any other) and
 ``reward.balance`` (draw the larger of good and bad down to the smaller) tune them.
 
-The teacher is a :class:`~websynthesis.models.roles.ModelClient` or a bare backend (wrap it in a
-:class:`~websynthesis.models.cache.CachedBackend` so rebuilds replay). Prompts follow the
+The teacher is a :class:`~websynthesis.roles.client.ModelClient` or a bare backend (wrap it in a
+:class:`~websynthesis.backends.cache.CachedBackend` so rebuilds replay). Prompts follow the
 student model config (``model_cfg``, i.e. ``cfg.model``): the world-model role's settings shape
 world-model prompts, and the policy role's ``observation_chars`` cuts the pages of TextUI
 prompts, as at inference. Without it, the roles' defaults apply.
@@ -48,6 +48,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from websynthesis.backends.types import Backend
 from websynthesis.data.chat import ChatExample, read_chat_jsonl
 from websynthesis.data.external import (
     ExternalFormat,
@@ -68,8 +69,8 @@ from websynthesis.data.textui import (
 from websynthesis.data.transitions import Transition, read_transitions
 from websynthesis.data.world_model_data import world_model_examples
 from websynthesis.io import DataFileError
-from websynthesis.models.roles import ModelClient, Role, RoleSettings
-from websynthesis.models.types import Backend
+from websynthesis.roles.client import ModelClient, Role, RoleSettings
+from websynthesis.synthesis.store import POLICY_KINDS
 from websynthesis.training.reward_data import (
     judge_examples,
     labelled_steps,
@@ -79,17 +80,6 @@ from websynthesis.training.reward_data import (
 )
 
 log = logging.getLogger(__name__)
-
-MIX_NAMES = (
-    "dense_caption",
-    "element_function",
-    "state_transition",
-    "world_model",
-    "valuable",
-    "rollback",
-    "reward",
-    "judge",
-)
 
 Builder = Callable[[Any, ModelClient | None, Any, Counter[str]], list[ChatExample]]
 
@@ -271,11 +261,11 @@ _BUILDERS: dict[str, Builder] = {
     "element_function": _element_function,
     "state_transition": _state_transition,
     "world_model": _world_model,
-    "valuable": _trajectories("valuable"),
-    "rollback": _trajectories("rollback"),
+    **{kind: _trajectories(kind) for kind in POLICY_KINDS},
     "reward": _outcome_mix("reward"),
     "judge": _outcome_mix("judge"),
 }
+MIX_NAMES = tuple(_BUILDERS)
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -67,11 +67,11 @@ below its end (cut by a step limit on a path to a success: "on track"), 0 when i
 nothing below its end succeeded; an end that is neither (a failed end some unexpanded search
 node continues) is left out.
 
-**Targets** are :func:`~websynthesis.models.parsing.format_rating` answers (``Reason: <one
+**Targets** are :func:`~websynthesis.roles.parsing.format_rating` answers (``Reason: <one
 line>`` then ``Score: <n>``), which the role's parser reads back to the label and its grammar
-(:func:`~websynthesis.models.grammar.score_grammar`, integer scores; ``judge_grammar``, 0,
+(:func:`~websynthesis.roles.grammar.score_grammar`, integer scores; ``judge_grammar``, 0,
 0.5 or 1) accepts; a constrained reward role on a scale whose middle level is not an integer
-is an error. Prompts are built by the role's own :meth:`~websynthesis.models.roles.Role.
+is an error. Prompts are built by the role's own :meth:`~websynthesis.roles.client.Role.
 messages` with the student model's role settings.
 
 Examples come in a deterministic order (sources in config order, then file order, then steps
@@ -94,9 +94,9 @@ from websynthesis.data.chat import ChatExample
 from websynthesis.data.tasks import instance_id
 from websynthesis.data.transitions import action_field, failer, page_field
 from websynthesis.io import DataFileError, read_jsonl
-from websynthesis.models.parsing import Rating, ScoreScale, format_number, format_rating
-from websynthesis.models.prompts import JudgeInput, RewardInput, Step
-from websynthesis.models.roles import Role
+from websynthesis.roles.client import Role
+from websynthesis.roles.parsing import Rating, ScoreScale, format_number, format_rating
+from websynthesis.roles.prompts import JudgeInput, RewardInput, Step
 from websynthesis.web.actions import Action, ActionKind, parse_action
 from websynthesis.web.observation import parse_axtree
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from websynthesis.counters import Counters
 from websynthesis.data.chat import ChatExample
 
 IGNORE_INDEX = -100
@@ -42,7 +43,7 @@ class Tokenized:
 
 
 @dataclass
-class TokenizeStats:
+class TokenizeStats(Counters):
     """What tokenization did to a dataset; ``dropped`` is keyed by reason."""
 
     examples: int = 0
@@ -51,16 +52,6 @@ class TokenizeStats:
     tokens: int = 0
     target_tokens: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "examples": self.examples,
-            "kept": self.kept,
-            "truncated": self.truncated,
-            "tokens": self.tokens,
-            "target_tokens": self.target_tokens,
-            "dropped": dict(self.dropped),
-        }
 
 
 def render_with_spans(

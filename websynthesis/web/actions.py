@@ -33,6 +33,7 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
+from websynthesis.web.action_parser import parse_action
 from websynthesis.web.action_space import (
     BROWSERGYM_SCROLL_PX,
     ELEMENT_KINDS,
@@ -49,7 +50,6 @@ from websynthesis.web.action_space import (
     equivalence_key,
     equivalent,
     listed_options,
-    parse_action,
 )
 
 __all__ = [

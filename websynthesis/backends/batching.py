@@ -15,6 +15,12 @@ send the batch. The extra turns catch coroutines that are a few scheduling hops
 behind (a task woken by ``asyncio.gather``, a child task of an expansion), so a
 wave is "everything that became ready together", not "whatever came first".
 
+**A window** (``window_s``, for a server whose callers do not share an event-loop turn:
+HTTP requests arriving over a few milliseconds): once the wave has settled, the batch
+waits until ``window_s`` after its oldest request arrived, or until ``max_batch_size``
+distinct requests wait, whichever is first. ``window_s=0`` (the engine's case) sends it
+as soon as it settles.
+
 **One batch at a time** (``max_concurrent=1``): while a batch is with the inner
 backend, new requests queue up and leave together, as one bigger batch, when it
 returns. A local GPU runs one batch at a time anyway; an inference server can
@@ -28,7 +34,8 @@ copied to each caller; the copies carry ``cached=True`` and zero token counts,
 since nothing was spent for them (the response cache's convention). Only
 repeatable requests are merged: greedy (``temperature == 0``) or seeded ones.
 Two identical unseeded sampled requests ask for two *different* samples and are
-both sent. ``role`` (accounting only) is not part of the identity.
+both sent. ``role`` (accounting only) is not part of the identity. ``dedup=False`` sends
+every request (a server answering separate clients bills each its own tokens).
 
 **Failures.** If the inner call raises, or returns the wrong number of results,
 every request of that call gets a :class:`Generation` with ``error`` set; the
@@ -43,18 +50,19 @@ import itertools
 import json
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from websynthesis.models.cache import is_cacheable
-from websynthesis.models.types import Backend, Generation, GenerationRequest
+from websynthesis.backends.cache import is_cacheable
+from websynthesis.backends.types import Backend, Generation, GenerationRequest
+from websynthesis.counters import Counters
 
-_Waiter = tuple[GenerationRequest, "asyncio.Future[Generation]", str]
-"""A queued request, the future its caller awaits, and its dedup key."""
+_Waiter = tuple[GenerationRequest, "asyncio.Future[Generation]", str, float]
+"""A queued request, the future its caller awaits, its dedup key and its arrival (loop time)."""
 
 
 @dataclass
-class BatchingStats:
+class BatchingStats(Counters):
     """``requests`` submitted, ``sent`` to the inner backend in ``batches`` calls.
 
     ``dedup_hits`` = requests answered by another request's generation;
@@ -68,9 +76,6 @@ class BatchingStats:
     failed_batches: int = 0
     largest_batch: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 class BatchingBackend:
     """Gathers concurrent ``agenerate`` calls into batched calls of ``inner``.
@@ -80,6 +85,8 @@ class BatchingBackend:
         max_batch_size: most distinct requests per inner call.
         max_concurrent: inner calls in flight at once.
         settle_ticks: quiet event-loop turns that close a wave.
+        window_s: how long after its oldest request a settled batch may wait for more.
+        dedup: answer identical repeatable requests of a batch with one generation.
     """
 
     def __init__(
@@ -88,19 +95,27 @@ class BatchingBackend:
         max_batch_size: int = 64,
         max_concurrent: int = 1,
         settle_ticks: int = 3,
+        window_s: float = 0.0,
+        dedup: bool = True,
     ) -> None:
         if max_batch_size < 1 or max_concurrent < 1 or settle_ticks < 1:
             raise ValueError("max_batch_size, max_concurrent and settle_ticks must be >= 1")
+        if window_s < 0:
+            raise ValueError("window_s must be >= 0")
         self.inner = inner
         self.max_batch_size = max_batch_size
         self.max_concurrent = max_concurrent
         self.settle_ticks = settle_ticks
+        self.window_s = window_s
+        self.dedup = dedup
         self.stats = BatchingStats()
         self._queue: deque[_Waiter] = deque()
         self._arrivals = 0
         self._seen = 0
         self._quiet = 0
         self._armed: asyncio.AbstractEventLoop | None = None
+        # A settled batch waiting out its window: the loop and the timer that launches it.
+        self._window: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._unique = itertools.count()
@@ -118,12 +133,18 @@ class BatchingBackend:
             return []
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Generation]] = []
+        now = loop.time()
         for request in requests:
             future: asyncio.Future[Generation] = loop.create_future()
-            self._queue.append((request, future, self._key(request)))
+            self._queue.append((request, future, self._key(request), now))
             futures.append(future)
         self._arrivals += len(requests)
         self.stats.requests += len(requests)
+        window = self._window
+        if window is not None and window[0] is loop and self._distinct() >= self.max_batch_size:
+            window[1].cancel()  # full: no reason to wait out the window
+            self._window = None
+            self._launch(loop)
         self._arm(loop)
         return list(await asyncio.gather(*futures))
 
@@ -136,6 +157,10 @@ class BatchingBackend:
         Keyed by loop: a check left behind by a loop that was closed mid-wave
         (an interrupted ``asyncio.run``) must not block the next one.
         """
+        if self._window is not None:
+            if self._window[0] is loop:
+                return  # a settled batch is waiting out its window; it launches then
+            self._window = None  # a loop that went away mid-window
         if self._armed is not loop:
             self._armed = loop
             self._seen, self._quiet = self._arrivals, 0
@@ -151,6 +176,21 @@ class BatchingBackend:
             loop.call_soon(self._tick, loop)
             return
         self._armed = None
+        wait = self._queue[0][3] + self.window_s - loop.time() if self._queue else 0.0
+        if wait > 0 and self._distinct() < self.max_batch_size:
+            self._window = (loop, loop.call_later(wait, self._window_closed, loop))
+            return
+        self._launch(loop)
+
+    def _window_closed(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._window = None
+        self._launch(loop)
+
+    def _distinct(self) -> int:
+        return len({waiter[2] for waiter in self._queue})
+
+    def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send batches, oldest requests first, while inner calls may start."""
         while self._queue and self._running < self.max_concurrent:
             batch = self._take(loop)
             if batch:
@@ -184,7 +224,7 @@ class BatchingBackend:
         unique: list[GenerationRequest] = []
         index_of: dict[str, int] = {}
         slots: list[int] = []
-        for request, _, key in batch:
+        for request, _, key, _ in batch:
             if key not in index_of:
                 index_of[key] = len(unique)
                 unique.append(request)
@@ -197,7 +237,7 @@ class BatchingBackend:
         try:
             answers = await self._call(unique)
             answered: set[int] = set()
-            for (_, future, _), slot in zip(batch, slots, strict=True):
+            for (_, future, _, _), slot in zip(batch, slots, strict=True):
                 if not future.done():  # the first caller still waiting is charged the tokens
                     answer = answers[slot]
                     future.set_result(answer if slot not in answered else _copy(answer))
@@ -209,7 +249,7 @@ class BatchingBackend:
 
     def _key(self, request: GenerationRequest) -> str:
         """Requests with the same key get the same answer; unrepeatable ones never share one."""
-        if not is_cacheable(request):
+        if not self.dedup or not is_cacheable(request):
             return f"#{next(self._unique)}"
         sampling = request.sampling
         return json.dumps(

@@ -11,20 +11,24 @@ eos teaches a model never to stop).
 or the tiny test model: the bare name ``tiny``, or a cache folder named
 ``tiny`` without a ``config.json`` (``${paths.cache_dir}/tiny``, as
 ``conf/model/tiny.yaml`` writes it), which builds or reuses the seed-0 tiny
-model there.
+model there. LoRA adapters are loaded onto it frozen (:func:`with_adapters`) and known by
+the digest of their files (:func:`adapter_digest`), not by their path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import is_flash_attn_2_available
 
-from websynthesis.models.tiny import PAD, build_tiny_model
+from websynthesis.backends.tiny import PAD, build_tiny_model
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +102,33 @@ def load_model(
         attn_implementation=choose_attn_implementation(attn_implementation),
     )
     return model.to(target).eval()
+
+
+def adapter_digest(path: str | Path) -> str:
+    """SHA-256 of a PEFT adapter directory's files (config and weights), names included;
+    a Hub id (no such directory) stands for itself."""
+    if not Path(path).is_dir():
+        return str(path)
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).iterdir()):
+        if file.is_file() and file.name.startswith("adapter_"):
+            digest.update(file.name.encode() + b"\0")
+            with file.open("rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def with_adapters(
+    model: PreTrainedModel, adapters: Mapping[str, str]
+) -> PreTrainedModel | PeftModel:
+    """Wrap ``model`` with every adapter loaded (frozen, in the base dtype), or return it bare."""
+    if not adapters:
+        return model
+    (first, path), *rest = adapters.items()
+    wrapped = PeftModel.from_pretrained(
+        model, path, adapter_name=first, autocast_adapter_dtype=False
+    )
+    for name, adapter_path in rest:
+        wrapped.load_adapter(adapter_path, adapter_name=name, autocast_adapter_dtype=False)
+    return wrapped.eval()

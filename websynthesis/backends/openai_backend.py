@@ -37,7 +37,8 @@ from typing import Any, Literal
 import openai
 from openai import AsyncOpenAI
 
-from websynthesis.models.types import Generation, GenerationRequest, TokenLogprob, derive_seed
+from websynthesis.backends.types import Generation, GenerationRequest, TokenLogprob, derive_seed
+from websynthesis.counters import Counters
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +75,12 @@ def _grammar_body(mode: GrammarMode, grammar: str) -> dict[str, Any]:
 
 
 @dataclass
-class BackendStats:
+class BackendStats(Counters):
     """What the backend did: HTTP calls made, retries, and final errors by kind."""
 
     calls: int = 0
     retries: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls, "retries": self.retries, "errors": dict(self.errors)}
 
 
 class _CallFailed(Exception):
@@ -234,7 +232,7 @@ class OpenAIBackend:
 
         One loop for the backend's lifetime, rather than the caller's: connections
         are pooled across batches even when each batch is its own ``asyncio.run``
-        (:func:`~websynthesis.models.types.generate`), the client can be closed
+        (:func:`~websynthesis.backends.types.generate`), the client can be closed
         properly, and ``max_concurrency`` bounds all callers together.
         """
         with self._state_lock:

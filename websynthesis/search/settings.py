@@ -24,7 +24,7 @@ from websynthesis.search.node import Node, TerminalKind
 
 
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchSettings:
     """Parameters of one tree search (the algorithm; how trees run together is the engine's).
 
     Args:
@@ -88,7 +88,7 @@ class SearchConfig:
         }
         failed = [rule for rule, ok in checks.items() if not ok]
         if failed:
-            raise ValueError(f"invalid SearchConfig: {', '.join(failed)}")
+            raise ValueError(f"invalid SearchSettings: {', '.join(failed)}")
 
     def clamp(self, value: float) -> float:
         return min(max(value, self.low), self.high)
@@ -122,7 +122,7 @@ class SearchConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+    def from_dict(cls, data: dict[str, Any]) -> SearchSettings:
         return cls(**data)
 
 

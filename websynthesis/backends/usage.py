@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from decimal import Decimal
 from typing import Any
 
-from websynthesis.models.types import Generation, GenerationRequest
+from websynthesis.backends.types import Generation, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,24 @@ class UsageTracker:
         self._prices = {m: Price.from_config(m, p) for m, p in (prices or {}).items()}
         self._buckets: dict[tuple[str, str], UsageCounts] = {}
         self._lock = threading.Lock()
+
+    def exhausted(
+        self,
+        tokens: int | None = None,
+        cost_usd: float | None = None,
+        *,
+        earlier: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Whether a budget (``None``: none) is spent: this tracker's total tokens or cost
+        plus ``earlier`` sessions' (a :meth:`to_dict`'s ``total``) reach it. An unpriced
+        model counts as free here: its calls are listed under ``unpriced_models``."""
+        earlier = earlier or {}
+        spent_tokens = int(earlier.get("total_tokens") or 0) + self.counts().total_tokens
+        if tokens is not None and spent_tokens >= tokens:
+            return True
+        return cost_usd is not None and (
+            float(earlier.get("cost_usd") or 0.0) + float(self.cost()) >= cost_usd
+        )
 
     def record(self, role: str, model: str, generation: Generation) -> None:
         """Count one answered request of ``role`` billed under ``model``."""

@@ -11,7 +11,7 @@ e.g. from the ``backend`` config group) takes one role over::
 
 :class:`RoleRouter` sends each request to its role's backend (``GenerationRequest.role``)
 and the rest to the default, all at once, so callers keep seeing one
-:class:`~websynthesis.models.types.Backend`.
+:class:`~websynthesis.backends.types.Backend`.
 
 Why the check at start (:func:`check_constraints`): a constrained role whose server cannot
 take a grammar fails every call, one by one, as ``grammar_unsupported``; a run with it
@@ -26,7 +26,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from websynthesis.models.types import Backend, Generation, GenerationRequest
+from websynthesis.backends.types import Backend, Generation, GenerationRequest
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import jinja2
 
-from websynthesis.models.parsing import DEFAULT_SCALE, ScoreScale, format_number
-from websynthesis.models.types import Message
+from websynthesis.backends.types import Message
+from websynthesis.roles.parsing import DEFAULT_SCALE, ScoreScale, format_number
 from websynthesis.web.action_sets import WEBARENA_ACTIONS, ActionSet, action_names
 from websynthesis.web.actions import (
     ANSWER_PHRASE,

@@ -51,7 +51,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from websynthesis.models.types import Backend, Generation, GenerationRequest, derive_seed
+from websynthesis.backends.types import Backend, Generation, GenerationRequest, derive_seed
+from websynthesis.counters import Counters
 
 _KEY_VERSION = 1
 _BUSY_TIMEOUT_S = 60.0
@@ -76,7 +77,7 @@ def is_cacheable(request: GenerationRequest) -> bool:
 
 
 @dataclass
-class CacheStats:
+class CacheStats(Counters):
     """Per-request counts: a request is a hit only if all its samples came from the cache."""
 
     hits: int = 0

@@ -118,7 +118,7 @@ def _corpus() -> list[str]:
     the project's own text (code, prompts, demo pages) as of its first release,
     documents separated by ASCII record separators.
     """
-    packed = resources.files("websynthesis.models").joinpath(_CORPUS_FILE).read_bytes()
+    packed = resources.files("websynthesis.backends").joinpath(_CORPUS_FILE).read_bytes()
     return gzip.decompress(packed).decode("utf-8").split("\x1e")
 
 

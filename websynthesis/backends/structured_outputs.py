@@ -4,7 +4,7 @@ Clients ask for constrained output in several shapes: OpenAI's ``response_format
 (``json_object`` or ``json_schema``), vLLM's ``structured_outputs`` (``json``, ``regex``,
 ``choice``, ``grammar``, ``json_object``) and its older ``guided_*`` fields, SGLang's
 ``ebnf``, ``regex`` and ``json_schema``, and our own ``grammar``. Every backend here takes
-one EBNF grammar (:class:`~websynthesis.models.types.GenerationRequest`'s ``grammar``), so
+one EBNF grammar (:class:`~websynthesis.backends.types.GenerationRequest`'s ``grammar``), so
 each shape is turned into that grammar with xgrammar's own converters: JSON Schema and
 regular expressions mean what they mean to the servers that define them.
 

@@ -1,21 +1,21 @@
 """The five model roles, and the client that asks them in batches.
 
-A :class:`Role` turns a typed input (:mod:`websynthesis.models.prompts`) into a
-:class:`~websynthesis.models.types.GenerationRequest`, with a decoding grammar when the role
-is constrained, and reads the answer back with its parser (:mod:`websynthesis.models.parsing`).
+A :class:`Role` turns a typed input (:mod:`websynthesis.roles.prompts`) into a
+:class:`~websynthesis.backends.types.GenerationRequest`, with a decoding grammar when the role
+is constrained, and reads the answer back with its parser (:mod:`websynthesis.roles.parsing`).
 A :class:`ModelClient` owns a backend and the roles of one model config; search, training-data
 builders and evaluation talk to models only through it.
 
 ``await client.sample(role, inputs)`` sends one request per input as a single ``agenerate``
 call, parses every sample, then re-asks only the samples that failed to parse, up to the role's
 ``max_retries`` times, again as one call per round. It never raises for model output or a
-failed request: those come back as :class:`~websynthesis.models.parsing.Parsed` failures with
+failed request: those come back as :class:`~websynthesis.roles.parsing.Parsed` failures with
 the raw text, and are counted per role and kind in :attr:`ModelClient.stats`.
 
 Seeds: a sampled request (``temperature > 0``) without an explicit seed gets one derived from
 the model seed, the role and the prompt, so a rerun asks the same questions with the same seeds
 (and a response cache replays them). A retry draws the next samples of the same seeded stream
-(:func:`~websynthesis.models.types.derive_seed`), never a repeat of the failed ones. Greedy
+(:func:`~websynthesis.backends.types.derive_seed`), never a repeat of the failed ones. Greedy
 roles are not re-asked: the same prompt would get the same answer.
 """
 
@@ -29,7 +29,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from websynthesis.models.grammar import (
+from websynthesis.backends.types import (
+    SEED_MODULUS,
+    Backend,
+    Generation,
+    GenerationRequest,
+    Message,
+    Sampling,
+    derive_seed,
+)
+from websynthesis.backends.usage import UsageTracker
+from websynthesis.counters import Counters
+from websynthesis.roles.grammar import (
     a11y_grammar,
     action_grammar,
     delta_grammar,
@@ -37,7 +48,7 @@ from websynthesis.models.grammar import (
     judge_grammar,
     score_grammar,
 )
-from websynthesis.models.parsing import (
+from websynthesis.roles.parsing import (
     DEFAULT_SCALE,
     Failure,
     Parsed,
@@ -50,7 +61,7 @@ from websynthesis.models.parsing import (
     parse_world_model,
     parse_world_model_delta,
 )
-from websynthesis.models.prompts import (
+from websynthesis.roles.prompts import (
     DEFAULT_STYLE,
     JudgeInput,
     PolicyInput,
@@ -64,16 +75,6 @@ from websynthesis.models.prompts import (
     reward_messages,
     world_model_messages,
 )
-from websynthesis.models.types import (
-    SEED_MODULUS,
-    Backend,
-    Generation,
-    GenerationRequest,
-    Message,
-    Sampling,
-    derive_seed,
-)
-from websynthesis.models.usage import UsageTracker
 from websynthesis.web.actions import (
     ANSWER_PHRASE,
     SELECTABLE_ROLES,
@@ -296,7 +297,7 @@ OK = "ok"
 
 
 @dataclass
-class RoleOutcomes:
+class RoleOutcomes(Counters):
     """What one role's answers came to.
 
     ``attempts`` counts every parsed sample by outcome (``ok`` or a failure kind), retries
@@ -311,19 +312,6 @@ class RoleOutcomes:
     attempts: Counter[str] = field(default_factory=Counter)
     final: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {k: _plain(v) for k, v in data.items()}
-
-    def add(self, other: Mapping[str, Any]) -> None:
-        """Add a :meth:`to_dict` of another worker's counters."""
-        for f in fields(self):
-            mine, theirs = getattr(self, f.name), other.get(f.name)
-            if isinstance(mine, Counter):
-                mine.update(theirs or {})
-            else:
-                setattr(self, f.name, mine + int(theirs or 0))
 
 
 @dataclass
@@ -408,9 +396,9 @@ class ModelClient:
         cls, cfg: Any, *, backend: Backend | None = None, usage: UsageTracker | None = None
     ) -> ModelClient:
         """Build from a model config (``cfg.model``); the backend (and the role backends,
-        :mod:`websynthesis.models.routing`) is instantiated unless given."""
+        :mod:`websynthesis.backends.routing`) is instantiated unless given."""
         if backend is None:
-            from websynthesis.models.routing import routed_backend
+            from websynthesis.backends.routing import routed_backend
 
             backend = routed_backend(cfg)
         adapters = dict(cfg.get("adapters") or {})

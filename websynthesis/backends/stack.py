@@ -1,0 +1,58 @@
+"""The backend stack a job talks to, built in one place for synthesize, evaluate and serve.
+
+From the bottom: the configured backend (``model.backend``, with ``model.role_backends``
+routed per role, :func:`~websynthesis.backends.routing.routed_backend`), then optionally a
+response cache (repeatable requests answered from SQLite), then optionally the batcher
+(``model.batching``: concurrent callers' requests sent as one backend call). The batcher sits
+on top so that a batch's cache hits never reach the model and its misses go out together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from websynthesis.backends.batching import BatchingBackend
+from websynthesis.backends.cache import CachedBackend
+from websynthesis.backends.routing import routed_backend
+from websynthesis.backends.types import Backend
+
+
+@dataclass(frozen=True)
+class BackendStack:
+    """The backend the client talks to (the top), and the layers whose statistics a job
+    reports (``None``: not in this stack)."""
+
+    backend: Backend
+    cache: CachedBackend | None
+    batcher: BatchingBackend | None
+
+
+def build_stack(
+    model_cfg: Any,
+    *,
+    backend: Backend | None = None,
+    cache_dir: str | Path | None = None,
+    batch: bool = True,
+) -> BackendStack:
+    """The stack for ``model_cfg`` (a ``model`` config node).
+
+    Args:
+        backend: the bottom of the stack instead of ``model_cfg.backend`` (tests, a model
+            already loaded).
+        cache_dir: where ``responses/<model name>.sqlite`` lives; ``None``: no cache.
+        batch: whether ``model.batching`` may add the batcher (``model.batching.enabled``
+            decides); a server batches in its own window instead.
+    """
+    inner = backend if backend is not None else routed_backend(model_cfg)
+    cache = None
+    if cache_dir is not None:
+        cache = CachedBackend(inner, Path(cache_dir) / "responses" / f"{model_cfg.name}.sqlite")
+        inner = cache
+    batcher = None
+    batching = model_cfg.get("batching") or {}
+    if batch and batching.get("enabled", True):
+        batcher = BatchingBackend(inner, max_batch_size=int(batching.get("max_batch_size", 64)))
+        inner = batcher
+    return BackendStack(inner, cache, batcher)

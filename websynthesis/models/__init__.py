@@ -1,1 +1,0 @@
-"""Model layer: backends (local transformers+peft, OpenAI-compatible), roles, prompts, cache."""
