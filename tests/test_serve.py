@@ -11,7 +11,7 @@ import importlib.util
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import httpx2
 import openai
@@ -280,12 +280,17 @@ def test_hydra_main_reads_the_serve_config(monkeypatch: pytest.MonkeyPatch) -> N
                 "model.adapters.policy=/ckpt/policy",
             ],
         )
-    built: list[object] = []
+    built: list[tuple[object, dict]] = []
     calls: list[tuple[tuple, dict]] = []
-    monkeypatch.setattr(serve, "instantiate", lambda node: built.append(node) or "BACKEND")
+
+    def build_stack(model: object, **options: object) -> SimpleNamespace:
+        built.append((model, options))
+        return SimpleNamespace(backend="BACKEND")
+
+    monkeypatch.setattr(serve, "build_stack", build_stack)
     monkeypatch.setattr(serve, "run_server", lambda *a, **k: calls.append((a, k)))
     serve.main(cfg)
-    assert built == [cfg.model.backend]
+    assert built == [(cfg.model, {"batch": False})]  # the server batches in its own window
     ((args, kwargs),) = calls
     assert args == ("BACKEND", [cfg.model.name, "policy"])
     assert kwargs == {
