@@ -2,9 +2,8 @@
 
 A run writes its parts' counters into ``stats.json`` and W&B, and a resumed or parallel run
 adds another's to its own; both go through :class:`Counters`, so a new counter is one field,
-not a field plus a line in a hand-written ``to_dict``. Fields are ints, floats,
-:class:`~collections.Counter` (by kind or reason; written sorted) or a bounded
-:class:`~collections.deque` (the latest values; written as a list).
+not a field plus a line in a hand-written ``to_dict``. Fields are ints, floats or
+:class:`~collections.Counter` (by kind or reason; written sorted).
 
 (The search core's ``TreeStats`` stays a plain dataclass: the core imports nothing else of
 the package.)
@@ -12,7 +11,7 @@ the package.)
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -23,25 +22,18 @@ class Counters:
     """Serialisable, addable counters; subclasses only declare their fields."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The counters as JSON-ready values (``Counter`` sorted by key, ``deque`` as a list)."""
+        """The counters as JSON-ready values (a ``Counter`` as a dict sorted by key)."""
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
     def add(self, other: Mapping[str, Any]) -> None:
-        """Add another run's :meth:`to_dict` (a missing field adds nothing); a bounded
-        ``deque`` takes the other's values after its own, as they came."""
+        """Add another run's :meth:`to_dict` (a missing field adds nothing)."""
         for f in fields(self):
             mine, theirs = getattr(self, f.name), other.get(f.name)
             if isinstance(mine, Counter):
                 mine.update(theirs or {})
-            elif isinstance(mine, deque):
-                mine.extend(theirs or ())
             else:
                 setattr(self, f.name, mine + (theirs or 0))
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, Counter):
-        return dict(sorted(value.items()))
-    if isinstance(value, deque):
-        return list(value)
-    return value
+    return dict(sorted(value.items())) if isinstance(value, Counter) else value
