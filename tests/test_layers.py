@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("web",),  # pages, actions, action sets, tree deltas
     ("backends",),  # what answers a generation request: local model, servers, cache, batching
     ("roles",),  # prompts, grammars and parsers of the roles, and the client that asks them
-    ("openai_api", "server"),  # the OpenAI-compatible protocol and HTTP server over a backend
+    ("openai_api", "faults", "server"),  # the OpenAI protocol, HTTP server, its fault injector
     ("search",),  # the tree search, knowing nothing of the web
     ("data",),  # tasks, chat examples, transitions, episodes: records and their formats
     ("env",),  # live browsers

@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -28,7 +29,8 @@ from websynthesis.backends.types import (
     derive_seed,
     generate,
 )
-from websynthesis.server import FaultInjector, build_app, serve_in_background
+from websynthesis.faults import FaultInjector
+from websynthesis.server import build_app, serve_in_background
 
 KEY_ENV = "WS_TEST_OPENAI_KEY"
 SECRET = "sk-test-S3CRET-do-not-leak-0123456789"
@@ -160,6 +162,51 @@ def test_transient_faults_are_retried(server: Server) -> None:
     assert result.ok and result.texts == ["None|flaky|None|0"]
     assert backend.stats.retries == 3 and backend.stats.calls == 4
     assert server.stats.requests == 4
+
+
+# What each transport fault of the chaos looks like to the client.
+CHAOS_SEEN_AS = {
+    "server_error": "server_error",
+    "rate_limited": "rate_limited",
+    "hang": "timeout",
+    "truncated": "bad_response",
+    "garbage": "bad_response",
+}
+
+
+def test_chaos_faults_are_retried_to_the_answers_without_them(server: Server) -> None:
+    """Every transport fault of the chaos (500, 429, a hang past the timeout, a JSON body cut
+    short, a proxy's HTML page) is retried, counted by kind, and leaves the answers as they
+    were without faults."""
+    asks = [_req(f"ask {i}", seed=i) for i in range(24)]
+    expected = generate(server.backend(), asks)
+    server.faults.chaos(0.5, seed=3, hang_s=3.0)
+    backend = server.backend(max_retries=20, timeout_s=1.0)
+    assert [r.texts for r in generate(backend, asks)] == [r.texts for r in expected]
+    injected = server.faults.injected
+    assert set(injected) == set(CHAOS_SEEN_AS), injected  # 24+ draws at 0.5: all five kinds
+    seen: Counter[str] = Counter()
+    for kind, count in injected.items():
+        seen[CHAOS_SEEN_AS[kind]] += count
+    assert backend.stats.retried == seen and backend.stats.retries == injected.total()
+    assert not backend.stats.errors
+
+
+def test_an_unreadable_body_that_persists_is_a_typed_error(server: Server) -> None:
+    server.faults.chaos(1.0, kinds=["garbage"])
+    (result,) = generate(server.backend(max_retries=2), [_req("hello")])
+    assert not result.ok and result.error.startswith("bad_response: not a completion")
+
+
+def test_malformed_answers_are_the_same_junk_for_the_same_request(server: Server) -> None:
+    asks = [_req(f"ask {i}", seed=i) for i in range(40)]
+    clean = generate(server.backend(), asks)
+    server.faults.malform(0.5, seed=1)
+    first, again = generate(server.backend(), asks), generate(server.backend(), asks)
+    assert [r.texts for r in first] == [r.texts for r in again]  # a property of the input
+    changed = sum(a.texts != b.texts for a, b in zip(first, clean, strict=True))
+    assert 8 <= changed <= 32 and server.faults.injected["malformed"] == 80 - 2 * (40 - changed)
+    assert all(r.ok for r in first)  # junk is the model's answer, not a transport failure
 
 
 def test_timeouts_are_retried(server: Server) -> None:

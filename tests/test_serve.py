@@ -21,7 +21,8 @@ from hydra import compose, initialize_config_dir
 from websynthesis import server
 from websynthesis.backends.types import Generation, GenerationRequest
 from websynthesis.config import register_configs
-from websynthesis.server import FaultInjector, build_app, serve_in_background
+from websynthesis.faults import FaultInjector
+from websynthesis.server import build_app, serve_in_background
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"

@@ -20,8 +20,9 @@ of OpenAI, vLLM and SGLang, our own ``grammar``: an EBNF string the whole answer
 match) is :mod:`websynthesis.openai_api`'s: a field the server does not honour is a 400
 naming it, never a 200 made under other rules. The server binds loopback by default; a bearer token
 is required when ``auth_token_env`` names an environment variable holding one.
-:class:`FaultInjector` lets tests make chosen requests fail or hang; it can only
-be passed to :func:`build_app`, never switched on from the config.
+:class:`~websynthesis.faults.FaultInjector` lets tests and the chaos soak make requests fail,
+hang, break their bodies or answer junk; it can only be passed to :func:`build_app`, never
+switched on from the config.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
@@ -48,6 +49,7 @@ from websynthesis.backends.batching import BatchingBackend
 from websynthesis.backends.structured_outputs import StructuredOutputError, request_grammar
 from websynthesis.backends.types import Backend, GenerationRequest, Sampling
 from websynthesis.counters import Counters
+from websynthesis.faults import FaultInjector, broken_body
 from websynthesis.openai_api import Answer, ChatCompletionRequest, CompletionRequest, unsupported
 
 log = logging.getLogger(__name__)
@@ -62,64 +64,6 @@ _STATUS_BY_KIND = {
 }
 # Module level: with postponed annotations FastAPI resolves dependencies from globals.
 _BEARER = HTTPBearer(auto_error=False)
-
-
-@dataclass
-class _Fault:
-    status: int | None  # None: hang
-    remaining: int | None  # None: forever
-    match: str | None
-    hang_s: float = 0.0
-    retry_after: float | None = None
-    message: str = "injected fault"
-
-
-class FaultInjector:
-    """Test hook: make chosen requests fail with an HTTP status, or hang, before they run.
-
-    A fault applies to the next ``times`` requests (``None``: every request)
-    whose last message contains ``match`` (``None``: any request). Faults are
-    checked in the order added; each request meets at most one.
-    """
-
-    def __init__(self) -> None:
-        self._faults: list[_Fault] = []
-        self._lock = threading.Lock()
-
-    def fail(
-        self,
-        status: int,
-        times: int | None = 1,
-        match: str | None = None,
-        retry_after: float | None = None,
-        message: str = "injected fault",
-    ) -> None:
-        """Answer matching requests with ``status`` (e.g. 500, 429, 400) and ``message``."""
-        with self._lock:
-            self._faults.append(
-                _Fault(status, times, match, retry_after=retry_after, message=message)
-            )
-
-    def hang(self, seconds: float, times: int | None = 1, match: str | None = None) -> None:
-        """Delay matching requests by ``seconds`` before answering them normally."""
-        with self._lock:
-            self._faults.append(_Fault(None, times, match, hang_s=seconds))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def take(self, last: str) -> _Fault | None:
-        """The fault a request whose last message (or prompt) is ``last`` meets, if any (and
-        count it as used)."""
-        with self._lock:
-            for fault in self._faults:
-                if fault.remaining == 0 or (fault.match is not None and fault.match not in last):
-                    continue
-                if fault.remaining is not None:
-                    fault.remaining -= 1
-                return fault
-        return None
 
 
 @dataclass
@@ -244,7 +188,7 @@ def build_app(
             answer = await _complete(body, asks, max_new, last)
         finally:
             stats.in_flight -= 1
-        if isinstance(answer, JSONResponse):
+        if isinstance(answer, Response):
             return answer
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
@@ -256,7 +200,7 @@ def build_app(
         asks: list[dict[str, Any]],
         max_new: int,
         last: str,
-    ) -> Answer | JSONResponse:
+    ) -> Answer | Response:
         refused = unsupported(body)
         if refused is not None:
             return _error(400, refused[1], param=refused[0], code="unsupported")
@@ -295,8 +239,20 @@ def build_app(
             if sampling.logprobs is not None and generation.logprobs is None:
                 message = "logprobs: this server's backend does not return them"
                 return _error(400, message, param="logprobs", code="unsupported")
+        if faults is not None:
+            asked = {"model": body.model, "asks": asks, "sampling": asdict(sampling)}
+            generations = [
+                replace(generation, texts=junk)
+                if (junk := faults.malformed(asked, generation.texts)) is not None
+                else generation
+                for generation in generations
+            ]
         chat = isinstance(body, ChatCompletionRequest)
-        return Answer(chat, body.model, generations, body.stops())
+        answer = Answer(chat, body.model, generations, body.stops())
+        if fault is not None and fault.body is not None and not body.stream:
+            content, media = broken_body(fault.body, JSONResponse(answer.body()).body)
+            return Response(content, media_type=media)
+        return answer
 
     return app
 

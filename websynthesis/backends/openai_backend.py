@@ -9,10 +9,10 @@ adapter name; without one the backend's base ``model`` answers.
 
 Retries are ours, not the client's (``max_retries=0`` there): the client's loop
 cannot be counted or tuned, and a request waiting out its backoff should not
-hold one of the ``max_concurrency`` slots. Retried: 429, 5xx, 408/409, timeouts
-and connection errors, with exponential backoff and jitter, honouring a
-server's ``Retry-After``. Never retried: other 4xx (bad request, auth, unknown
-model, context length), which would fail again. What still fails becomes that
+hold one of the ``max_concurrency`` slots. Retried: 429, 5xx, 408/409, timeouts,
+connection errors and unreadable 200s (a body cut short, a proxy's HTML page), with
+exponential backoff and jitter, honouring a server's ``Retry-After``. Never retried:
+other 4xx (bad request, auth, unknown model, context length), which would fail again. What still fails becomes that
 request's ``Generation.error`` as ``"<kind>: <message>"`` (kinds in
 :data:`ERROR_KINDS`); the rest of the batch is unaffected.
 
@@ -56,7 +56,7 @@ ERROR_KINDS = (
     "bad_response",
     "internal",
 )
-_RETRYABLE = frozenset({"rate_limited", "server_error", "timeout", "connection"})
+_RETRYABLE = frozenset({"rate_limited", "server_error", "timeout", "connection", "bad_response"})
 _MAX_RETRY_AFTER_S = 120.0
 _NO_KEY = "EMPTY"  # what vLLM / SGLang / our server accept when they need no key
 
@@ -76,10 +76,12 @@ def _grammar_body(mode: GrammarMode, grammar: str) -> dict[str, Any]:
 
 @dataclass
 class BackendStats(Counters):
-    """What the backend did: HTTP calls made, retries, and final errors by kind."""
+    """What the backend did: HTTP calls made, retries (in all and by the kind of failure
+    retried), and final errors by kind."""
 
     calls: int = 0
     retries: int = 0
+    retried: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -363,14 +365,23 @@ class OpenAIBackend:
         for attempt in range(self.max_retries + 1):
             async with state.semaphore:
                 self.stats.calls += 1
+                retry_after = None
                 try:
-                    return await endpoint.create(**kwargs)
+                    response = await endpoint.create(**kwargs)
                 except openai.APIError as exc:
                     kind, message = self._classify(exc)
                     retry_after = _retry_after(exc)
+                except ValueError as exc:  # a 200 whose JSON is cut short or malformed
+                    kind, message = "bad_response", f"unreadable body ({type(exc).__name__})"
+                else:
+                    if hasattr(response, "choices"):
+                        return response
+                    # the client hands back a non-JSON body (a proxy's HTML page) as text
+                    kind, message = "bad_response", f"not a completion: {str(response)[:80]!r}"
             if kind not in _RETRYABLE or attempt == self.max_retries:
                 break
             self.stats.retries += 1
+            self.stats.retried[kind] += 1
             delay = self._backoff(attempt, retry_after)
             log.warning(
                 "%s (%s); retry %d/%d in %.2fs", kind, message, attempt + 1, self.max_retries, delay

@@ -15,7 +15,8 @@ from typing import Any
 
 from websynthesis.backends.batching import BatchingBackend
 from websynthesis.backends.cache import CachedBackend
-from websynthesis.backends.routing import routed_backend
+from websynthesis.backends.openai_backend import BackendStats, OpenAIBackend
+from websynthesis.backends.routing import RoleRouter, routed_backend
 from websynthesis.backends.types import Backend
 
 
@@ -27,6 +28,17 @@ class BackendStack:
     backend: Backend
     cache: CachedBackend | None
     batcher: BatchingBackend | None
+    remotes: tuple[OpenAIBackend, ...] = ()  # the HTTP backends at the bottom, once each
+
+    def transport(self) -> dict[str, Any] | None:
+        """What the HTTP backends met (calls, retries by kind, final errors), added up;
+        ``None`` without one."""
+        if not self.remotes:
+            return None
+        total = BackendStats()
+        for remote in self.remotes:
+            total.add(remote.stats.to_dict())
+        return total.to_dict()
 
 
 def build_stack(
@@ -46,6 +58,8 @@ def build_stack(
             decides); a server batches in its own window instead.
     """
     inner = backend if backend is not None else routed_backend(model_cfg)
+    bottoms = [inner.default, *inner.by_role.values()] if isinstance(inner, RoleRouter) else [inner]
+    remotes = tuple({id(b): b for b in bottoms if isinstance(b, OpenAIBackend)}.values())
     cache = None
     if cache_dir is not None:
         cache = CachedBackend(inner, Path(cache_dir) / "responses" / f"{model_cfg.name}.sqlite")
@@ -55,4 +69,4 @@ def build_stack(
     if batch and batching.get("enabled", True):
         batcher = BatchingBackend(inner, max_batch_size=int(batching.get("max_batch_size", 64)))
         inner = batcher
-    return BackendStack(inner, cache, batcher)
+    return BackendStack(inner, cache, batcher, remotes)

@@ -359,6 +359,7 @@ class Synthesis:
             "outcomes": self.client.stats.to_dict(),
             "cache": None if stack.cache is None else stack.cache.stats.to_dict(),
             "batching": None if stack.batcher is None else stack.batcher.stats.to_dict(),
+            "transport": stack.transport(),
             "world": self.world.stats.to_dict(),
             "policy": self.policy.stats.to_dict(),
             "wall_time_s": round(time.monotonic() - self.started, 3),
