@@ -12,9 +12,9 @@ cannot be counted or tuned, and a request waiting out its backoff should not
 hold one of the ``max_concurrency`` slots. Retried: 429, 5xx, 408/409, timeouts,
 connection errors and unreadable 200s (a body cut short, a proxy's HTML page), with
 exponential backoff and jitter, honouring a server's ``Retry-After``. Never retried:
-other 4xx (bad request, auth, unknown model, context length), which would fail again. What still fails becomes that
-request's ``Generation.error`` as ``"<kind>: <message>"`` (kinds in
-:data:`ERROR_KINDS`); the rest of the batch is unaffected.
+other 4xx (bad request, auth, unknown model, context length), which would fail again.
+What still fails becomes that request's ``Generation.error`` as ``"<kind>: <message>"``
+(kinds in :data:`ERROR_KINDS`); the rest of the batch is unaffected.
 
 The API key is read from the environment variable *named* by ``api_key_env``
 and handed to the HTTP client only (a private attribute, which cannot be
