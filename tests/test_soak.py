@@ -31,7 +31,7 @@ def soak(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str],
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.exists(), result.stderr[-3000:]
-    return result, json.loads(out.read_text())
+    return result, json.loads(out.read_text())["synthesis"]
 
 
 @pytest.mark.slow
@@ -52,3 +52,22 @@ def test_the_soak_fails_when_resume_is_broken(tmp_path: Path, sabotage: str) -> 
     result, figures = soak(tmp_path, f"--sabotage={sabotage}", "--fault-share=0")
     assert result.returncode == 1
     assert any("trees.jsonl" in failure for failure in figures["failed"]), figures["failed"]
+
+
+@pytest.mark.slow
+def test_training_killed_at_every_kill_point_ends_with_the_uninterrupted_adapters(
+    tmp_path: Path,
+) -> None:
+    """Killed during a step, inside checkpoint writes, inside an adapter's save and before its
+    publication: the adapters equal the uninterrupted run's tensor for tensor, nothing left
+    behind (the per-step dropout seed and the same-directory checkpoint write at work)."""
+    out = tmp_path / "soak.json"
+    command = [sys.executable, str(REPO / "bench" / "soak.py"), "train", f"--work={tmp_path}"]
+    result = subprocess.run(
+        [*command, f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    figures = json.loads(out.read_text())["train"]
+    assert result.returncode == 0, figures["failed"]
+    assert figures["kills_survived"] == len(figures["plan"]) == 6
+    assert set(figures["adapter_tensors_differing"].values()) == {0}
+    assert figures["leftovers"] == []

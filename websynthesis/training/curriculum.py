@@ -5,7 +5,8 @@ epoch budget and learning rate. Everything a stage leaves is under
 ``<run dir>/stages/<n>-<name>/``:
 
 * ``checkpoints/last.ckpt``: adapter + optimizer + loop state, every
-  ``checkpoint_every_n_steps`` (written atomically by Lightning);
+  ``checkpoint_every_n_steps`` (written atomically next to itself,
+  :mod:`~websynthesis.training.checkpoint_io`);
 * ``adapter/``: the adapter at the stage's end, in PEFT format;
 * ``done.json``: written atomically last, so its presence means the stage is finished.
 
@@ -40,6 +41,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from websynthesis.config import LoraConfig, OptimConfig, StageConfig, TrainDataConfig
 from websynthesis.data.chat import ChatExample
 from websynthesis.io import atomic_write_json
+from websynthesis.training.checkpoint_io import SameDirCheckpointIO
 from websynthesis.training.datamodule import ChatDataModule
 from websynthesis.training.module import LoraModule, attach_lora, publish_dir
 
@@ -158,7 +160,9 @@ def run_curriculum(
             log.info("stage %s: resuming from %s", run.name, ckpt)
         trainer = _trainer(cfg, run, loggers)
         total = _total_steps(run.config, datamodule, trainer)
-        module = LoraModule(model, optim, total_steps=total, lr=run.config.lr, stage=run.name)
+        module = LoraModule(
+            model, optim, total_steps=total, lr=run.config.lr, stage=run.name, seed=cfg.seed
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
         val = trainer.validate(module, datamodule=datamodule) if datamodule.val_set else [{}]
         record = {
@@ -212,6 +216,7 @@ def _trainer(cfg: DictConfig, run: StageRun, loggers: Sequence[Logger]) -> pl.Tr
         callbacks=callbacks,
         logger=list(loggers) or False,
         default_root_dir=str(run.directory),
+        plugins=[SameDirCheckpointIO()],
         use_distributed_sampler=False,  # the batch sampler shards by rank itself
     )
 

@@ -9,6 +9,11 @@
 * **Adapters leave as PEFT directories** (``adapter_config.json`` +
   ``adapter_model.safetensors``), which ``PeftModel.from_pretrained``, this package's
   ``LocalBackend(adapters=...)`` and vLLM's ``--lora-modules`` all load.
+* **A resumed run is the uninterrupted one.** Before each training batch the global
+  generator is seeded from ``(seed, rank, optimizer step, micro-batch)``, so LoRA dropout draws
+  the same masks whether the run was killed or not: Lightning's checkpoints keep no random
+  state, and a resumed process draws from the generator in other places (a new data loader,
+  the adapter's load) before its first step.
 * Gradient checkpointing is non-reentrant with input gradients enabled, so LoRA weights get
   gradients although every base weight is frozen. AdamW with warmup then cosine decay,
   stepped per optimizer step. Metrics are namespaced by stage (``bc/train/loss``,
@@ -18,6 +23,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import tempfile
@@ -70,6 +76,7 @@ class LoraModule(pl.LightningModule):
             restore its position).
         lr: this stage's peak learning rate (``None``: ``optim.lr``).
         stage: the stage name, the namespace of every logged metric.
+        seed: the run's seed, the root of each batch's dropout seed.
     """
 
     # ThroughputMonitor reads this; the FLOPs of LoRA training are estimated in bench/ instead.
@@ -83,9 +90,10 @@ class LoraModule(pl.LightningModule):
         total_steps: int,
         lr: float | None = None,
         stage: str = "train",
+        seed: int = 0,
     ) -> None:
         super().__init__()
-        self.model, self.optim, self.stage = model, optim, stage
+        self.model, self.optim, self.stage, self.seed = model, optim, stage, seed
         self.total_steps = total_steps
         self.lr = optim.lr if lr is None else lr
         self.strict_loading = False  # checkpoints lack the base; on_load_checkpoint checks keys
@@ -96,6 +104,14 @@ class LoraModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.start_step = self.global_step  # after a resume: the checkpoint's step
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # The optimizer step (a checkpoint's own) and the micro-batch within it: checkpoints
+        # fall between optimizer steps, so a resume restarts at micro-batch 0 of its step.
+        micro = batch_idx % self.trainer.accumulate_grad_batches
+        key = f"{self.seed}/{self.global_rank}/{self.global_step}/{micro}"
+        digest = hashlib.sha256(key.encode()).digest()
+        torch.manual_seed(int.from_bytes(digest[:8], "big"))
 
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch, use_cache=False)
@@ -154,6 +170,8 @@ class LoraModule(pl.LightningModule):
         """Write the adapter in PEFT format; the directory is replaced whole, never half-written."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
+        for stale in directory.parent.glob(f".{directory.name}.*"):  # a killed save's
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             self.model.save_pretrained(staging)
