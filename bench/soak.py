@@ -3,7 +3,8 @@
     python bench/soak.py synthesis [--tasks 8] [--kills 5] [--fault-share 0.2]
         [--malformed-share 0.1] [--seed 0]           # ~2 min on 2 cores
     python bench/soak.py synthesis --sabotage resume-forgets   # must FAIL: the self-check
-    python bench/soak.py train [--seed 0]             # ~4 min on 2 cores
+    python bench/soak.py train [--seed 0]             # ~1 min on 2 cores
+    python bench/soak.py evaluate [--seed 0]          # ~2 min on 2 cores (Chromium)
     python bench/soak.py all [--out soak.json]
 
 Each scenario runs a job twice on the same inputs and seed, loopback only (the project's
@@ -16,6 +17,8 @@ restarted on the same run dir until it finishes, and compares what the two left.
   malformed answers for another; killed ``--kills`` times at random moments.
 - **train** (:mod:`soak_train`): the two-stage curriculum killed during a step, inside a
   checkpoint write, inside an adapter's save and before its publication.
+- **evaluate** (:mod:`soak_evaluate`): live MiniWoB++ episodes with browser workers killed
+  and hung mid-run and the job itself killed, rerun until no episode is left in error.
 
 Prints one Markdown table per scenario (the rows BENCHMARKS.md quotes), writes every figure
 to ``--out`` and exits 1 when any check failed, naming it.
@@ -30,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import soak_evaluate
 import soak_synthesis
 import soak_train
 
@@ -43,7 +47,7 @@ def table(name: str, rows: list[tuple[str, Any]], failed: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=["synthesis", "train", "all"])
+    parser.add_argument("scenario", choices=["synthesis", "train", "evaluate", "all"])
     parser.add_argument("--tasks", type=int, default=8, help="synthesis: tasks searched")
     parser.add_argument("--kills", type=int, default=5, help="synthesis: SIGKILLs")
     parser.add_argument("--fault-share", type=float, default=0.2)
@@ -70,6 +74,11 @@ def main() -> None:
         results["train"] = figures | {"failed": failed}
         print(table("train", soak_train.rows(figures) if figures else [], failed))
         failures += [f"train: {f}" for f in failed]
+    if args.scenario in ("evaluate", "all"):
+        figures, failed = soak_evaluate.soak_evaluate(work / "evaluate", args.seed)
+        results["evaluate"] = figures | {"failed": failed}
+        print(table("evaluate", soak_evaluate.rows(figures) if figures else [], failed))
+        failures += [f"evaluate: {f}" for f in failed]
     results["work_dir"] = str(work)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     for failure in failures:

@@ -1,12 +1,13 @@
 """The chaos soak of live evaluation (``python bench/soak.py evaluate``; see bench/soak.py).
 
-``evaluate.py`` with the tiny model on MiniWoB++ in headless Chromium, two browsers at a
-time, run twice on the same episodes: once uninterrupted (the reference), once with faults
-in its first two processes: browser workers SIGKILLed and hung (SIGSTOP, until the step
-timeout gives up on them) at random moments, and the job itself SIGKILLed once. Each fault
-lands mid-episode or in a reset (then absorbed by the reset's retry on a new worker). The
-job is started again on the same run dir, which reruns the episodes that ended in an
-environment error, until none is left (at most ``RERUNS`` more times).
+``evaluate.py`` with the tiny model on MiniWoB++ in headless Chromium (nine episodes,
+two browsers at a time), run twice on the same episodes: once uninterrupted (the
+reference), once with faults in its first two processes: browser workers SIGKILLed and hung
+(SIGSTOP, until the step timeout gives up on them) at random moments, and the job itself
+SIGKILLed once. A fault lands mid-episode (the episode ends in an environment error) or in
+a reset (absorbed by the reset's retry on a new worker). The job is started again on the
+same run dir, which reruns the episodes that ended in an environment error, until none is
+left (at most ``RERUNS`` more times).
 
 Asserted: no episode lost (every reference episode has an error-free line at the end); each
 episode's latest line has the reference's success, reward, end, steps and actions; its last
@@ -40,7 +41,7 @@ OVERRIDES = [
     "logger=none",
     "env=miniwob",
     "env.tasks=[click-button,enter-text,choose-list]",
-    "eval.attempts=2",
+    "eval.attempts=3",
     "eval.max_steps=3",
     "env.pool_size=2",
     "env.step_timeout_s=6",

@@ -71,3 +71,18 @@ def test_training_killed_at_every_kill_point_ends_with_the_uninterrupted_adapter
     assert figures["kills_survived"] == len(figures["plan"]) == 6
     assert set(figures["adapter_tensors_differing"].values()) == {0}
     assert figures["leftovers"] == []
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_evaluation_with_workers_killed_and_hung_loses_no_episode(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    command = [sys.executable, str(REPO / "bench" / "soak.py"), "evaluate", f"--work={tmp_path}"]
+    result = subprocess.run(
+        [*command, f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=1200
+    )
+    figures = json.loads(out.read_text())["evaluate"]
+    assert result.returncode == 0, figures["failed"]
+    assert figures["episodes_lost"] == 0 and figures["episodes_differing"] == 0
+    assert figures["faults_injected"]["kill_job"] == 1
+    assert figures["faults_injected"].get("kill_worker", 0) >= 1

@@ -18,12 +18,15 @@ from websynthesis.synthesis import TRAJECTORY_KINDS, RunDirBusy, RunStore, merge
 
 
 def record(task_id: str, examples: int = 1) -> dict[str, Any]:
-    row = {"messages": [{"role": "user", "content": task_id}], "meta": {"task_id": task_id}}
+    """A record in the shape the pipeline writes (``tree_record``) and a resume checks."""
+    messages = [{"role": "user", "content": task_id}, {"role": "assistant", "content": "x"}]
+    row = {"messages": messages, "meta": {"task_id": task_id}}
+    counts = {kind: examples for kind in TRAJECTORY_KINDS} | {"dropped": {}}
     return {
         "task_id": task_id,
         "skipped": None,
-        "summary": {},
-        "tree": {"nodes": []},
+        "summary": {"stop_reason": "iterations", "solved": False, "nodes": 1, "examples": counts},
+        "tree": {"nodes": [], "stats": {"expansions": 1}},
         "examples": {kind: [row] * examples for kind in TRAJECTORY_KINDS},
     }
 

@@ -113,9 +113,24 @@ def iter_jsonl(text: str, path: Path | str) -> Iterator[tuple[int, Any]]:
         if not raw.strip():
             continue
         try:
-            yield lineno, json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError as err:
             raise DataFileError(path, lineno, None, f"invalid JSON ({err.msg})") from err
+        check_unicode(value, raw, path, lineno)
+        yield lineno, value
+
+
+def check_unicode(value: Any, raw: str, path: Path | str, line: int | None) -> None:
+    """Raise a :class:`DataFileError` if ``value`` (parsed from the JSON text ``raw``) holds
+    a lone surrogate escape such as ``"\\ud800"``: valid JSON, but no Unicode text, and so a
+    crash at the next write of anything made from it."""
+    if "\\ud" not in raw.lower():
+        return
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        message = "a lone surrogate escape (not Unicode text)"
+        raise DataFileError(path, line, None, message) from None
 
 
 def list_element_lines(text: str, count: int) -> list[int]:

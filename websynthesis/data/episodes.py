@@ -26,7 +26,7 @@ from typing import Any
 
 from websynthesis.data.chat import ChatExample
 from websynthesis.data.policy_examples import policy_example
-from websynthesis.data.records import read_records
+from websynthesis.data.records import read_numbered_records, read_records
 from websynthesis.data.transitions import action_field, action_set_field, failer, page_field
 from websynthesis.roles.client import Role
 from websynthesis.roles.prompts import PolicyInput, Step
@@ -42,6 +42,7 @@ class LiveEpisode:
 
     record: dict[str, Any]
     steps: tuple[dict[str, Any], ...]
+    source: str = ""  # the transitions.jsonl its steps come from, for errors
 
     @property
     def key(self) -> EpisodeKey:
@@ -55,16 +56,34 @@ class LiveEpisode:
 
 def latest_episodes(path: Path) -> dict[EpisodeKey, dict[str, Any]]:
     """The latest line of every episode in ``episodes.jsonl`` (a rerun appends the episode
-    again: the last line counts)."""
+    again: the last line counts). A line whose fields are not an episode's (see
+    :func:`episode_problem`) is skipped with a warning naming it, like a torn one."""
     latest = {}
-    for record in read_records(path):
-        try:
-            key = (str(record["task"]), int(record["seed"]), int(record["attempt"]))
-        except (KeyError, TypeError, ValueError):
-            log.warning("%s: skipping a line without task/seed/attempt", path)
+    for line, record in read_numbered_records(path):
+        problem = episode_problem(record)
+        if problem is not None:
+            log.warning("%s:%d: skipping an episode line: %s", path, line, problem)
             continue
-        latest[key] = record
+        latest[(str(record["task"]), int(record["seed"]), int(record["attempt"]))] = record
     return latest
+
+
+def episode_problem(record: dict[str, Any]) -> str | None:
+    """What makes ``record`` no line of an ``episodes.jsonl`` (``None``: nothing)."""
+    if not isinstance(record.get("task"), str | int) or isinstance(record.get("task"), bool):
+        return "field 'task': expected a task name"
+    for name in ("seed", "attempt"):
+        value = record.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"field '{name}': expected an integer"
+    actions = record.get("actions", [])
+    if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
+        return "field 'actions': expected a list of action strings"
+    if record.get("success") is not None and not isinstance(record["success"], bool):
+        return "field 'success': expected true, false or null"
+    if record.get("error") is not None and not isinstance(record["error"], str):
+        return "field 'error': expected a string or null"
+    return None
 
 
 def read_episodes(run_dir: Path | str) -> list[LiveEpisode]:
@@ -86,7 +105,7 @@ def read_episodes(run_dir: Path | str) -> list[LiveEpisode]:
         if record.get("error") is not None:
             continue
         steps = runs[key][-1] if runs.get(key) else []
-        episodes.append(LiveEpisode(record, tuple(steps)))
+        episodes.append(LiveEpisode(record, tuple(steps), str(run_dir / "transitions.jsonl")))
     return episodes
 
 
@@ -119,7 +138,8 @@ def _examples(episode: LiveEpisode, role: Role, source: str) -> list[ChatExample
     history: tuple[Step, ...] = ()
     built: list[ChatExample | str] = []
     for row in episode.steps:
-        fail = failer(source or "transitions.jsonl", None, f"{task}/{seed}/{attempt}.")
+        where = source or episode.source or "transitions.jsonl"
+        fail = failer(where, None, f"{task}/{seed}/{attempt}.")
         page = parse_axtree(page_field(row, "observation", fail))
         action = action_field(row.get("action"), "action", fail)
         thought = str(row.get("thought") or "")

@@ -54,7 +54,7 @@ from websynthesis.data.transitions import (
     failer,
     page_field,
 )
-from websynthesis.io import DataFileError, list_element_lines, read_text
+from websynthesis.io import DataFileError, check_unicode, list_element_lines, read_text
 
 T = TypeVar("T")
 
@@ -352,6 +352,7 @@ def _rows(path: Path) -> Iterator[_Row]:
                 message = f"invalid JSON ({error.msg})"
                 raise DataFileError(path, error.lineno, None, message) from None
         else:
+            check_unicode(document, text, path, None)
             yield from _document_rows(text, document)
             return
     # "\n" only: str.splitlines() would also split at U+2028 and friends inside strings.
@@ -359,10 +360,15 @@ def _rows(path: Path) -> Iterator[_Row]:
         if not raw.strip():
             continue
         try:
-            yield _Row(lineno, "", json.loads(raw))
+            value = json.loads(raw)
+            check_unicode(value, raw, path, lineno)
         except json.JSONDecodeError as error:
             message = f"invalid JSON ({error.msg})"
             yield _Row(lineno, "", error=DataFileError(path, lineno, None, message))
+        except DataFileError as error:
+            yield _Row(lineno, "", error=error)
+        else:
+            yield _Row(lineno, "", value)
 
 
 def _document_rows(text: str, document: Any) -> Iterator[_Row]:

@@ -42,6 +42,12 @@ class JsonlLog:
 
 def read_records(path: Path | str) -> Iterator[dict[str, Any]]:
     """Every JSON object line of a JSONL log; other lines are skipped and logged."""
+    for _, record in read_numbered_records(path):
+        yield record
+
+
+def read_numbered_records(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """:func:`read_records` with each record's line number."""
     path = Path(path)
     if not path.is_file():
         return
@@ -55,4 +61,4 @@ def read_records(path: Path | str) -> Iterator[dict[str, Any]]:
                 log.warning("%s:%d: skipping a torn or invalid line", path, number)
                 continue
             if isinstance(record, dict):
-                yield record
+                yield number, record

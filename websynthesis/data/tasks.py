@@ -22,7 +22,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from websynthesis.io import DataFileError, iter_jsonl, list_element_lines, read_text
+from websynthesis.io import (
+    DataFileError,
+    check_unicode,
+    iter_jsonl,
+    list_element_lines,
+    read_text,
+)
 from websynthesis.web.action_sets import action_set
 
 DEMO_TASKS = "demo"
@@ -207,6 +213,10 @@ def _read_json_file(path: Path) -> Iterator[Task]:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise TaskFileError(path, err.lineno, None, f"invalid JSON ({err.msg})") from err
+    try:
+        check_unicode(data, text, path, None)
+    except DataFileError as err:
+        raise TaskFileError(err.path, err.line, err.field, err.message) from err
     if isinstance(data, list):
         starts = list_element_lines(text, len(data))
         for index, config in enumerate(data):

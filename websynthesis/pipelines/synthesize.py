@@ -72,6 +72,7 @@ from websynthesis.synthesis import (
     WebSearchPolicy,
     engine_settings,
     merge_counts,
+    previous_stats,
     run_stats,
     search_settings,
     task_summary,
@@ -227,9 +228,9 @@ class Synthesis:
         self.store = store
         self.records = store.supersede(stale_records(store.open(), self.keys))
         self.skipped: dict[str, str] = {}  # this session's unsearchable tasks, never "done"
-        previous = store.read_stats() or {}
-        self.previous = previous.get("counters") or {}
-        self.sessions: list[dict[str, Any]] = list(previous.get("sessions") or [])
+        previous = previous_stats(store)
+        self.previous = previous["counters"]
+        self.sessions: list[dict[str, Any]] = previous["sessions"]
         self.errors: list[dict[str, str]] = []
         self.unstarted = 0
         self.started = time.monotonic()

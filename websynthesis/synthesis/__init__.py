@@ -21,6 +21,7 @@ from websynthesis.synthesis.store import (
     TRAJECTORY_KINDS,
     RunDirBusy,
     RunStore,
+    previous_stats,
     tree_record,
 )
 from websynthesis.synthesis.world import BrowserWorld, ModelWorld, Unsearchable, WebWorld
@@ -43,6 +44,7 @@ __all__ = [
     "engine_settings",
     "history",
     "merge_counts",
+    "previous_stats",
     "run_stats",
     "search_settings",
     "task_summary",

@@ -28,12 +28,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from websynthesis.data.chat import example_from_row
 from websynthesis.io import (
     DataFileError,
     append_line,
     atomic_write_json,
     atomic_write_text,
     iter_jsonl,
+    read_text,
     recover_jsonl,
 )
 from websynthesis.synthesis.state import Goal
@@ -77,6 +79,100 @@ def tree_record(
         "tree": tree,
         "examples": examples or {kind: [] for kind in TRAJECTORY_KINDS},
     }
+
+
+def check_tree_record(record: Any, path: Path, line: int) -> None:
+    """Raise a :class:`DataFileError` naming the field unless ``record`` has the shape
+    :func:`tree_record` writes and a resume reads (the statistics, the trajectory files)."""
+
+    def fail(name: str | None, message: str) -> DataFileError:
+        return DataFileError(path, line, name, message)
+
+    if not isinstance(record, dict):
+        raise fail(None, f"not a tree record (a JSON {type(record).__name__})")
+    if not isinstance(record.get("task_id"), str):
+        raise fail("task_id", "expected a string")
+    if not isinstance(record.get("task_key"), str | None):
+        raise fail("task_key", "expected a string or null")
+    summary, tree, examples = record.get("summary"), record.get("tree"), record.get("examples")
+    if not isinstance(summary, dict):
+        raise fail("summary", "expected an object")
+    if not isinstance(examples, dict):
+        raise fail("examples", "expected an object of trajectory kinds")
+    for kind in TRAJECTORY_KINDS:
+        rows = examples.get(kind)
+        if not isinstance(rows, list):
+            raise fail(f"examples.{kind}", "expected a list")
+        for index, row in enumerate(rows):
+            try:
+                example_from_row(row, path=path, line=line)
+            except DataFileError as error:
+                raise fail(f"examples.{kind}[{index}].{error.field or ''}", error.message) from None
+    if tree is None:
+        return
+    if not isinstance(tree, dict) or not isinstance(tree.get("stats"), dict):
+        raise fail("tree", "expected an object with the search's stats (or null: skipped)")
+    if not all(_number(v) for v in tree["stats"].values()):
+        raise fail("tree.stats", "expected numbers")
+    if not isinstance(summary.get("solved"), bool):
+        raise fail("summary.solved", "expected true or false")
+    if not isinstance(summary.get("stop_reason"), str):
+        raise fail("summary.stop_reason", "expected a string")
+    if not _number(summary.get("nodes")):
+        raise fail("summary.nodes", "expected a number")
+    counts = summary.get("examples")
+    if not isinstance(counts, dict):
+        raise fail("summary.examples", "expected an object")
+    for kind in TRAJECTORY_KINDS:
+        if not _number(counts.get(kind)):
+            raise fail(f"summary.examples.{kind}", "expected a number")
+    dropped = counts.get("dropped")
+    if not isinstance(dropped, dict) or not all(_number(v) for v in dropped.values()):
+        raise fail("summary.examples.dropped", "expected an object of numbers")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def previous_stats(store: RunStore) -> dict[str, Any]:
+    """What a restart carries over from the last ``stats.json``: its summed ``counters`` and
+    its ``sessions``; a file of another shape is ignored with a warning, like an unreadable
+    one (the records, not the statistics, are what a resume must not lose)."""
+    stats = store.read_stats() or {}
+    counters, sessions = stats.get("counters"), stats.get("sessions")
+    if not _counters_shape(counters) or not (
+        isinstance(sessions, list) and all(isinstance(s, dict) for s in sessions)
+    ):
+        if stats:
+            log.warning("ignoring %s: not the statistics of a run", store.stats)
+        return {"counters": {}, "sessions": []}
+    return {"counters": counters, "sessions": list(sessions)}
+
+
+def _counters_shape(counters: Any) -> bool:
+    """Whether ``counters`` is what :meth:`Synthesis._counters` writes: a tree of counts
+    (objects of numbers, strings, lists of them, null) with the reports' objects where the
+    statistics read them."""
+    if not isinstance(counters, dict) or not _counter_tree(counters):
+        return False
+    usage, outcomes = counters.get("usage") or {}, counters.get("outcomes") or {}
+    if not isinstance(usage, dict) or not isinstance(outcomes, dict):
+        return False
+    total, roles = usage.get("total", {}), usage.get("roles", {})  # as run_stats reads them
+    if not isinstance(total, dict) or not isinstance(roles, dict):
+        return False
+    if not all(isinstance(role, dict) for role in [*roles.values(), *outcomes.values()]):
+        return False
+    return all(isinstance(role.get("attempts") or {}, dict) for role in outcomes.values())
+
+
+def _counter_tree(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, dict):
+        return depth < 8 and all(_counter_tree(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return all(isinstance(v, str | int | float) for v in value)
+    return value is None or isinstance(value, str | int | float)
 
 
 class RunDirBusy(RuntimeError):
@@ -143,9 +239,12 @@ class RunStore:
         if not self.stats.exists():
             return None
         try:
-            data: dict[str, Any] = json.loads(self.stats.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
+            data = json.loads(self.stats.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             log.warning("ignoring unreadable %s: %s", self.stats, error)
+            return None
+        if not isinstance(data, dict):
+            log.warning("ignoring %s: not a JSON object", self.stats)
             return None
         return data
 
@@ -171,12 +270,11 @@ class RunStore:
     def _read(self) -> list[dict[str, Any]]:
         if not self.trees.exists():
             return []
-        text = self.trees.read_text(encoding="utf-8")
+        text = read_text(self.trees)
         records: list[dict[str, Any]] = []
         seen: set[str] = set()
         for line, record in iter_jsonl(text, self.trees):
-            if not isinstance(record, dict) or "task_id" not in record:
-                raise DataFileError(self.trees, line, "task_id", "not a tree record")
+            check_tree_record(record, self.trees, line)
             if record["task_id"] in seen:
                 message = "%s:%d: task %s is already recorded; keeping the first"
                 log.warning(message, self.trees, line, record["task_id"])
