@@ -5,6 +5,7 @@
     python bench/soak.py synthesis --sabotage resume-forgets   # must FAIL: the self-check
     python bench/soak.py train [--seed 0]             # ~1 min on 2 cores
     python bench/soak.py evaluate [--seed 0]          # ~2 min on 2 cores (Chromium)
+    python bench/soak.py coevolve [--seed 0]          # ~15 min on 2 cores (not in CI)
     python bench/soak.py all [--out soak.json]
 
 Each scenario runs a job twice on the same inputs and seed, loopback only (the project's
@@ -19,6 +20,10 @@ restarted on the same run dir until it finishes, and compares what the two left.
   checkpoint write, inside an adapter's save and before its publication.
 - **evaluate** (:mod:`soak_evaluate`): live MiniWoB++ episodes with browser workers killed
   and hung mid-run and the job itself killed, rerun until no episode is left in error.
+- **coevolve** (:mod:`soak_coevolve`): a co-evolution round after round 0, killed inside
+  every stage kind (search, training, sampling, imagination, evaluation, fidelity).
+
+Bad input in bulk is ``bench/fuzz_inputs.py``.
 
 Prints one Markdown table per scenario (the rows BENCHMARKS.md quotes), writes every figure
 to ``--out`` and exits 1 when any check failed, naming it.
@@ -33,6 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import soak_coevolve
 import soak_evaluate
 import soak_synthesis
 import soak_train
@@ -47,7 +53,7 @@ def table(name: str, rows: list[tuple[str, Any]], failed: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=["synthesis", "train", "evaluate", "all"])
+    parser.add_argument("scenario", choices=["synthesis", "train", "evaluate", "coevolve", "all"])
     parser.add_argument("--tasks", type=int, default=8, help="synthesis: tasks searched")
     parser.add_argument("--kills", type=int, default=5, help="synthesis: SIGKILLs")
     parser.add_argument("--fault-share", type=float, default=0.2)
@@ -79,6 +85,11 @@ def main() -> None:
         results["evaluate"] = figures | {"failed": failed}
         print(table("evaluate", soak_evaluate.rows(figures) if figures else [], failed))
         failures += [f"evaluate: {f}" for f in failed]
+    if args.scenario in ("coevolve", "all"):
+        figures, failed = soak_coevolve.soak_coevolve(work / "coevolve", args.seed)
+        results["coevolve"] = figures | {"failed": failed}
+        print(table("coevolve", soak_coevolve.rows(figures) if figures else [], failed))
+        failures += [f"coevolve: {f}" for f in failed]
     results["work_dir"] = str(work)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     for failure in failures:

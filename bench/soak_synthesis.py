@@ -19,9 +19,10 @@ trees (less their wall time) and every trajectory file equal the reference's byt
 (one request per server batch and one tree at a time: no batch composition can move a
 near-tied token); the model-output failures counted in ``stats.json`` (parse failures by role
 and kind) equal the reference's; no transport fault reached the data (no final transport
-error). Reported: faults injected by kind (server) against retries recorded by kind (client's
-``stats.json``: faults met in work a kill threw away go with that work, so recorded <=
-injected), kills, bytes differing, and the wall-time overhead.
+error); a third run, every request failing, does not exit 0. Reported: faults injected by
+kind (server) against retries recorded by kind (client's ``stats.json``: faults met in work
+a kill threw away go with that work, so recorded <= injected), kills, bytes differing, and
+the wall-time overhead.
 
 ``--sabotage store-rewrites`` (a run store whose appends rewrite the file) or
 ``resume-forgets`` (a restart that reads none of the records written) breaks the soak run's
@@ -137,7 +138,9 @@ class Soak:
         self.token = secrets.token_hex(16)
         self.tasks = tasks_file(work / "tasks.jsonl", args.tasks)
 
-    def command(self, url: str, run_dir: Path, sabotage: str | None = None) -> list[str]:
+    def command(
+        self, url: str, run_dir: Path, sabotage: str | None = None, extra: tuple[str, ...] = ()
+    ) -> list[str]:
         overrides = [
             "logger=none",
             "progress=false",
@@ -154,12 +157,20 @@ class Soak:
             "+model.backend.backoff_base_s=0.05",
             "+model.backend.backoff_max_s=0.5",
             f"hydra.run.dir={run_dir}",
+            *extra,
         ]
         if sabotage:
             return patched("synthesize.py", SABOTAGE[sabotage], overrides)
         return [sys.executable, str(REPO / "synthesize.py"), *overrides]
 
-    def run(self, url: str, run_dir: Path, kills: int, pace_s: float | None) -> Run:
+    def run(
+        self,
+        url: str,
+        run_dir: Path,
+        kills: int,
+        pace_s: float | None,
+        extra: tuple[str, ...] = (),
+    ) -> Run:
         """Run to the end, SIGKILLing the process ``kills`` times on the way (each delay a
         random share of the time the remaining trees took the reference, ``pace_s`` a tree)."""
         run = Run(run_dir)
@@ -168,7 +179,7 @@ class Soak:
         while True:
             started = time.monotonic()
             process = subprocess.Popen(
-                self.command(url, run_dir, self.args.sabotage if kills else None),
+                self.command(url, run_dir, self.args.sabotage if kills else None, extra),
                 cwd=REPO,
                 env=env,
                 stdout=log,
@@ -296,9 +307,15 @@ def soak_synthesis(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any]
             args.fault_share, seed=args.seed, hang_s=args.timeout_s + 1.0, retry_after_s=0.05
         )
         run = soak.run(url, work / "soak", kills=args.kills, pace_s=pace)
+        injected = Counter(soak.faults.injected)
+        # Every request failing: the run must not exit 0 (nothing was produced).
+        soak.faults.chaos(1.0, kinds=["server_error"], seed=args.seed)
+        dead = soak.run(url, work / "all_fail", 0, None, ("++model.backend.max_retries=1",))
         soak.faults.chaos(0.0)
     figures, failed = compare(reference, run, args.tasks, args.kills)
-    injected = Counter(soak.faults.injected)
+    dead_code = dead.attempts[-1].returncode
+    if dead_code == 0:
+        failed.append("a run whose every request failed exited 0")
     malformed = injected.pop("malformed", 0)
     seen: Counter[str] = Counter()
     for kind, count in injected.items():
@@ -312,6 +329,7 @@ def soak_synthesis(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any]
         "retried_recorded_total": recorded.total(),
         "malformed_answers": {"reference": malformed_reference, "soak": malformed},
         "sabotage": args.sabotage,
+        "all_requests_failing_exit_code": dead_code,
     }
     return figures, failed
 
@@ -328,6 +346,7 @@ def rows(figures: dict[str, Any]) -> list[tuple[str, Any]]:
         ("retries recorded by kind", figures["retried_recorded"]),
         ("malformed answers (reference / soak)", figures["malformed_answers"]),
         ("bytes of trees differing", figures["trees_differing_bytes"]),
+        ("exit code when every request fails", figures["all_requests_failing_exit_code"]),
         ("bytes of trajectories differing", figures["trajectories_differing_bytes"]),
         (
             "wall: reference / soak (overhead)",
