@@ -4,8 +4,9 @@
 two browsers at a time), run twice on the same episodes: once uninterrupted (the
 reference), once with faults in its first two processes: browser workers SIGKILLed and hung
 (SIGSTOP, until the step timeout gives up on them) at random moments, and the job itself
-SIGKILLed once. A fault lands mid-episode (the episode ends in an environment error) or in
-a reset (absorbed by the reset's retry on a new worker). The job is started again on the
+SIGKILLed once. A worker's fault follows a recorded step, so that it lands mid-episode (the
+episode ends in an environment error) or, on the other worker, perhaps in a reset (absorbed
+by the reset's retry on a new worker). The job is started again on the
 same run dir, which reruns the episodes that ended in an environment error, until none is
 left (at most ``RERUNS`` more times).
 
@@ -13,7 +14,8 @@ Asserted: no episode lost (every reference episode has an error-free line at the
 episode's latest line has the reference's success, reward, end, steps and actions; its last
 run of rows in ``transitions.jsonl`` equals the reference's (the rows of runs an error cut
 short stay in the file, as real transitions; the policy data reads only the last run, and
-their count is reported); every environment error recorded is one the soak caused.
+their count is reported); every environment error recorded is one the soak caused, and at
+least one episode was cut short (else nothing rerun was tested).
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class EvalRun:
 
 
 def workers(pid: int) -> list[psutil.Process]:
-    """The browser workers of the job ``pid``: its spawned Python children."""
+    """The browser workers of the job ``pid``: its children started by multiprocessing's
+    spawn."""
     try:
         children = psutil.Process(pid).children()
     except psutil.NoSuchProcess:
@@ -73,39 +76,49 @@ def workers(pid: int) -> list[psutil.Process]:
     found = []
     for child in children:
         try:
-            if "multiprocessing" in " ".join(child.cmdline()):
+            if "spawn_main" in " ".join(child.cmdline()):  # not the resource tracker
                 found.append(child)
         except psutil.Error:
             continue
     return found
 
 
+def steps_recorded(run_dir: Path) -> int:
+    path = run_dir / "transitions.jsonl"
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
 def inject(
-    process: subprocess.Popen[bytes], plan: tuple[str, ...], rng: random.Random, run: EvalRun
+    process: subprocess.Popen[bytes],
+    plan: tuple[str, ...],
+    rng: random.Random,
+    run: EvalRun,
 ) -> None:
-    """Carry out ``plan`` on the running job, each fault after a random pause."""
+    """Carry out ``plan`` on the running job. A worker's fault comes right after a step was
+    recorded, at a random one of the next few (an episode is then under way on some worker,
+    which the fault hits with the pool's other worker as likely); the job's own kill after a
+    random pause."""
     for fault in plan:
+        if fault == "kill_job":
+            time.sleep(rng.uniform(1.0, 5.0))
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+                run.faults[fault] += 1
+            return
+        target = steps_recorded(run.dir) + rng.randint(1, 3)
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
-            time.sleep(rng.uniform(2.0, 6.0))
-            alive = workers(process.pid)
-            if fault == "kill_job" or alive:
+            if steps_recorded(run.dir) >= target:
                 break
-        if process.poll() is not None:
+            time.sleep(0.02)
+        victim = rng.choice(workers(process.pid) or [None])
+        if process.poll() is not None or victim is None:
             return
-        if fault == "kill_job":
-            os.kill(process.pid, signal.SIGKILL)
-        else:
-            victim = rng.choice(workers(process.pid) or [None])
-            if victim is None:
-                continue
-            try:
-                victim.send_signal(signal.SIGKILL if fault == "kill_worker" else signal.SIGSTOP)
-            except psutil.Error:
-                continue
+        try:
+            victim.send_signal(signal.SIGKILL if fault == "kill_worker" else signal.SIGSTOP)
+        except psutil.Error:
+            continue
         run.faults[fault] += 1
-        if fault == "kill_job":
-            return
 
 
 def errored(run_dir: Path) -> int:
@@ -160,6 +173,8 @@ def compare(reference: EvalRun, soak: EvalRun) -> tuple[dict[str, Any], list[str
     caused = soak.faults["kill_worker"] + soak.faults["hang_worker"]
     if env_errors > caused:
         failed.append(f"{env_errors} environment errors recorded, {caused} caused")
+    if env_errors == 0:
+        failed.append("no fault cut an episode short: nothing was rerun")
     kept = sum(len(e.steps) for e in read_episodes(soak.dir))
     all_rows = sum(1 for _ in read_records(soak.dir / "transitions.jsonl"))
     final = soak.processes[-1]
