@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench gpu-wheels
 
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,3 +35,6 @@ bench: setup  # the CPU benchmarks; see BENCHMARKS.md for each one's options
 	$(PY) bench/bench_synthesis.py
 	$(PY) bench/bench_env.py
 	$(PY) bench/bench_train.py
+
+gpu-wheels: setup  # what bench/gpu.py installs on a bare GPU machine (carry bench/.wheels)
+	$(PY) -m pip wheel --no-deps -w bench/.wheels -r bench/gpu_requirements.txt

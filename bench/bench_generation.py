@@ -2,6 +2,7 @@
 
     python bench/bench_generation.py                       # tiny random model, CPU
     python bench/bench_generation.py --random-7b --batch-sizes 1,8,64   # Qwen2.5-7B shapes, GPU
+    python bench/bench_generation.py --random-7b --shrunk   # the same path, small, on a CPU
     python bench/bench_generation.py --model-path Qwen/Qwen2.5-7B-Instruct
     python bench/bench_generation.py --batch-sizes 32 --shared-prefix-chars 5000
 
@@ -36,6 +37,7 @@ import json
 import time
 from pathlib import Path
 
+import random_qwen
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
@@ -47,18 +49,6 @@ from websynthesis.roles.grammar import action_grammar
 from websynthesis.web.actions import ActionKind, ActionParseError, extract_action
 
 IDS = ["12", "7", "164", "a51", "233"]
-# Qwen/Qwen2.5-7B-Instruct's config.json, shapes only.
-QWEN25_7B = {
-    "vocab_size": 152064,
-    "hidden_size": 3584,
-    "intermediate_size": 18944,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 28,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 32768,
-    "rope_theta": 1_000_000.0,
-    "tie_word_embeddings": False,
-}
 
 
 def main() -> None:
@@ -66,6 +56,7 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model-path", help="a local model directory or Hub id")
     source.add_argument("--random-7b", action="store_true", help="random Qwen2.5-7B, bf16, GPU")
+    parser.add_argument("--shrunk", action="store_true", help="--random-7b's shapes shrunk (CPU)")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--max-text-chars", type=int, default=8, help="grammar's field bound")
@@ -130,16 +121,24 @@ def _backend(args: argparse.Namespace) -> LocalBackend:
         return LocalBackend(args.model_path)
     if not args.random_7b:
         return LocalBackend(str(build_tiny_model()))
-    # Random weights need no download; the tiny tokenizer's ids are all inside Qwen's vocabulary.
+    return random_backend(getattr(args, "shrunk", False))
+
+
+def random_backend(shrunk: bool = False) -> LocalBackend:
+    """A random Qwen2.5-7B-architecture model in bf16 (``shrunk``: its small twin, which may
+    run on a CPU). Random weights need no download."""
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_model())
     config = Qwen2Config(
-        **QWEN25_7B, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        **random_qwen.shapes(shrunk),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
-    with torch.device("cuda"):
+    with random_qwen.device(shrunk):
         model = AutoModelForCausalLM.from_config(
             config, dtype=torch.bfloat16, attn_implementation=choose_attn_implementation()
         )
-    return LocalBackend.from_model(model.eval(), tokenizer, name="random-qwen2.5-7b")
+    name = "random-qwen2.5-7b" + ("-shrunk" if shrunk else "")
+    return LocalBackend.from_model(model.eval(), tokenizer, name=name)
 
 
 def _shared_system_prompt(chars: int) -> str:

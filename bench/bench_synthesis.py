@@ -283,12 +283,12 @@ def web_overhead(nodes_target: int) -> dict[str, float]:
     }
 
 
-def random_7b() -> Backend:
-    """A random Qwen2.5-7B-architecture model in bf16 on CUDA (bench_generation's recipe)."""
+def random_7b(shrunk: bool = False) -> Backend:
+    """A random Qwen2.5-7B-architecture model in bf16 on CUDA (bench_generation's recipe;
+    ``shrunk``: its small twin, to check this path on a CPU)."""
     import bench_generation
 
-    args = argparse.Namespace(model_path=None, random_7b=True)
-    backend: Backend = bench_generation._backend(args)
+    backend: Backend = bench_generation.random_backend(shrunk)
     return backend
 
 
@@ -340,6 +340,7 @@ def main() -> None:
     parser.add_argument("part", nargs="?", choices=["throughput", "overhead", "all"], default="all")
     parser.add_argument("--trees", type=int, default=None, help="32 (CPU) or 64 (--gpu)")
     parser.add_argument("--gpu", action="store_true", help="random Qwen2.5-7B on CUDA")
+    parser.add_argument("--shrunk", action="store_true", help="--gpu's model shrunk (CPU check)")
     parser.add_argument(
         "--baseline",
         action=argparse.BooleanOptionalAction,
@@ -375,7 +376,7 @@ def main() -> None:
     if args.part in ("throughput", "all"):
         overrides = ["model=tiny", "search=small", "search.time_limit_s=null"]
         cfg = compose_config(*overrides)
-        model = random_7b() if args.gpu else instantiate(cfg.model.backend)
+        model = random_7b(args.shrunk) if args.gpu else instantiate(cfg.model.backend)
         asyncio.run(model.agenerate([GenerationRequest(({"role": "user", "content": "hi"},))]))
         settings = {"on": [True], "off": [False], "both": [True, False]}[args.cascade]
         results, speedups = {}, {}

@@ -31,6 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
+import random_qwen
 import torch
 from corpus import page_tasks
 
@@ -157,22 +158,15 @@ def matmul_peak_tflops(size: int = 8192, repeats: int = 30) -> float:
 
 
 def gpu_7b_bench(args: argparse.Namespace) -> dict[str, object]:
+    """LoRA steps on one packed row of ``args.row_tokens`` with a random Qwen2.5-7B (``args.
+    shrunk``: its small twin, on a CPU when there is no GPU: the same path, no MFU)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(  # Qwen/Qwen2.5-7B-Instruct config.json
-        vocab_size=152064,
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        max_position_embeddings=32768,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-    )
+    config = Qwen2Config(**random_qwen.shapes(args.shrunk))
+    where = random_qwen.device(args.shrunk)
+    row = args.row_tokens
     attn = choose_attn_implementation("auto")
-    with torch.device("cuda"):
+    with where:
         base = Qwen2ForCausalLM._from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
     matmul_params = sum(
         m.weight.numel() for m in base.modules() if isinstance(m, torch.nn.Linear)
@@ -181,11 +175,11 @@ def gpu_7b_bench(args: argparse.Namespace) -> dict[str, object]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     tokenizer = load_tokenizer(str(build_tiny_model()))
-    sequences, _ = tokenize_examples(tokenizer, policy_examples(args.tasks), max_length=4096)
+    sequences, _ = tokenize_examples(tokenizer, policy_examples(args.tasks), max_length=row)
     rng = random.Random(args.seed)
     segments, total = [], 0
-    while total < 4096:  # one packed row of page-shaped segments
-        length = min(len(rng.choice(sequences)), 4096 - total)
+    while total < row:  # one packed row of page-shaped segments
+        length = min(len(rng.choice(sequences)), row - total)
         segments.append(length)
         total += length
     features = [
@@ -194,10 +188,10 @@ def gpu_7b_bench(args: argparse.Namespace) -> dict[str, object]:
     ]
     for feature in features:  # a target at each segment's end, as in policy examples
         feature["labels"][-64:] = feature["input_ids"][-64:]
-    batch = {k: v.cuda() for k, v in pack_collate()(features).items()}
+    batch = {k: v.to(where) for k, v in pack_collate()(features).items()}
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(where.type, dtype=torch.bfloat16):
             loss = model(**batch, use_cache=False).loss
         loss.backward()
         optimizer.step()
@@ -205,11 +199,11 @@ def gpu_7b_bench(args: argparse.Namespace) -> dict[str, object]:
 
     for _ in range(3):
         step()
-    torch.cuda.synchronize()
+    random_qwen.synchronize(where)
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
-    torch.cuda.synchronize()
+    random_qwen.synchronize(where)
     seconds = (time.perf_counter() - start) / args.steps
 
     head_dim = config.hidden_size // config.num_attention_heads
@@ -217,22 +211,27 @@ def gpu_7b_bench(args: argparse.Namespace) -> dict[str, object]:
         2 * 2 * config.num_hidden_layers * config.num_attention_heads * head_dim * n * (n + 1) / 2
         for n in segments
     )  # QK^T and AV over the causal context of each token
-    model_flops = 4 * matmul_params * 4096 + 3 * attention_forward
-    hardware_flops = model_flops + 2 * matmul_params * 4096 + attention_forward
-    peak = matmul_peak_tflops()
-    return {
-        "mode": "gpu-7b",
-        "device": torch.cuda.get_device_name(),
+    model_flops = 4 * matmul_params * row + 3 * attention_forward
+    hardware_flops = model_flops + 2 * matmul_params * row + attention_forward
+    result: dict[str, object] = {
+        "mode": "gpu-7b" + ("-shrunk" if args.shrunk else ""),
+        "device": torch.cuda.get_device_name() if where.type == "cuda" else "cpu",
         "attn_implementation": attn,
+        "row_tokens": row,
         "segments": len(segments),
         "step_s": round(seconds, 3),
-        "tokens_per_s": round(4096 / seconds),
-        "bf16_matmul_peak_tflops": round(peak, 1),
-        "model_tflops": round(model_flops / seconds / 1e12, 1),
-        "mfu": round(model_flops / seconds / 1e12 / peak, 3),
-        "hfu": round(hardware_flops / seconds / 1e12 / peak, 3),
-        "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        "tokens_per_s": round(row / seconds),
+        "model_tflops": round(model_flops / seconds / 1e12, 3),
     }
+    if where.type == "cuda":
+        peak = matmul_peak_tflops()
+        result |= {
+            "bf16_matmul_peak_tflops": round(peak, 1),
+            "mfu": round(model_flops / seconds / 1e12 / peak, 3),
+            "hfu": round(hardware_flops / seconds / 1e12 / peak, 3),
+            "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        }
+    return result
 
 
 def main() -> None:
@@ -248,6 +247,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gpu-7b", action="store_true", help="7B LoRA MFU on a CUDA GPU")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (--gpu-7b)")
+    parser.add_argument("--row-tokens", type=int, default=4096, help="packed row (--gpu-7b)")
+    parser.add_argument("--shrunk", action="store_true", help="--gpu-7b's model shrunk (CPU)")
     args = parser.parse_args()
     print(json.dumps(gpu_7b_bench(args) if args.gpu_7b else cpu_bench(args), indent=2))
 
