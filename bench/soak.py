@@ -68,28 +68,24 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="soak-"))
     work.mkdir(parents=True, exist_ok=True)
 
+    scenarios = {
+        "synthesis": (lambda: soak_synthesis.soak_synthesis(args, work / "synthesis"),
+                      soak_synthesis.rows),
+        "train": (lambda: soak_train.soak_train(work / "train", args.seed), soak_train.rows),
+        "evaluate": (lambda: soak_evaluate.soak_evaluate(work / "evaluate", args.seed),
+                     soak_evaluate.rows),
+        "coevolve": (lambda: soak_coevolve.soak_coevolve(work / "coevolve", args.seed),
+                     soak_coevolve.rows),
+    }  # fmt: skip
     results: dict[str, Any] = {}
     failures: list[str] = []
-    if args.scenario in ("synthesis", "all"):
-        figures, failed = soak_synthesis.soak_synthesis(args, work / "synthesis")
-        results["synthesis"] = figures | {"failed": failed}
-        print(table("synthesis", soak_synthesis.rows(figures) if figures else [], failed))
-        failures += [f"synthesis: {f}" for f in failed]
-    if args.scenario in ("train", "all"):
-        figures, failed = soak_train.soak_train(work / "train", args.seed)
-        results["train"] = figures | {"failed": failed}
-        print(table("train", soak_train.rows(figures) if figures else [], failed))
-        failures += [f"train: {f}" for f in failed]
-    if args.scenario in ("evaluate", "all"):
-        figures, failed = soak_evaluate.soak_evaluate(work / "evaluate", args.seed)
-        results["evaluate"] = figures | {"failed": failed}
-        print(table("evaluate", soak_evaluate.rows(figures) if figures else [], failed))
-        failures += [f"evaluate: {f}" for f in failed]
-    if args.scenario in ("coevolve", "all"):
-        figures, failed = soak_coevolve.soak_coevolve(work / "coevolve", args.seed)
-        results["coevolve"] = figures | {"failed": failed}
-        print(table("coevolve", soak_coevolve.rows(figures) if figures else [], failed))
-        failures += [f"coevolve: {f}" for f in failed]
+    for name, (soak, rows) in scenarios.items():
+        if args.scenario not in (name, "all"):
+            continue
+        figures, failed = soak()
+        results[name] = figures | {"failed": failed}
+        print(table(name, rows(figures) if figures else [], failed))
+        failures += [f"{name}: {f}" for f in failed]
     results["work_dir"] = str(work)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     for failure in failures:

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from soak_common import REPO
+from soak_common import REPO, wall_row
 
 from websynthesis.data.episodes import latest_episodes
 
@@ -220,9 +220,5 @@ def rows(figures: dict[str, Any]) -> list[tuple[str, Any]]:
         ),
         ("adapter tensors differing", figures["adapter_tensors_differing"]),
         ("metrics.json equal", figures["metrics_equal"]),
-        (
-            "wall: reference / soak (overhead)",
-            f"{figures['reference_wall_s']} s / {figures['soak_wall_s']} s "
-            f"({figures['overhead']}x)",
-        ),
+        wall_row(figures),
     ]

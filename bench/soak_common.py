@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,3 +18,9 @@ def patched(script: str, prelude: str, arguments: list[str]) -> list[str]:
         f"runpy.run_path({path!r}, run_name='__main__')\n"
     )
     return [sys.executable, "-c", launch, *arguments]
+
+
+def wall_row(figures: dict[str, Any]) -> tuple[str, str]:
+    """The table row of both runs' wall time and the soak's overhead."""
+    reference, soak = figures["reference_wall_s"], figures["soak_wall_s"]
+    return "wall: reference / soak (overhead)", f"{reference} s / {soak} s ({figures['overhead']}x)"

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from soak_common import REPO
+from soak_common import REPO, wall_row
 
 from websynthesis.data.episodes import latest_episodes, read_episodes
 from websynthesis.data.records import read_records
@@ -216,9 +216,5 @@ def rows(figures: dict[str, Any]) -> list[tuple[str, Any]]:
         ("episodes lost", figures["episodes_lost"]),
         ("episodes differing from the reference", figures["episodes_differing"]),
         ("rows of cut runs kept in transitions.jsonl", figures["rows_of_cut_runs_kept"]),
-        (
-            "wall: reference / soak (overhead)",
-            f"{figures['reference_wall_s']} s / {figures['soak_wall_s']} s "
-            f"({figures['overhead']}x)",
-        ),
+        wall_row(figures),
     ]

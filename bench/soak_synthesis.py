@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from soak_common import REPO, patched
+from soak_common import REPO, patched, wall_row
 
 from websynthesis.backends.stack import build_stack
 from websynthesis.config import register_configs
@@ -348,9 +348,5 @@ def rows(figures: dict[str, Any]) -> list[tuple[str, Any]]:
         ("bytes of trees differing", figures["trees_differing_bytes"]),
         ("exit code when every request fails", figures["all_requests_failing_exit_code"]),
         ("bytes of trajectories differing", figures["trajectories_differing_bytes"]),
-        (
-            "wall: reference / soak (overhead)",
-            f"{figures['reference_wall_s']} s / {figures['soak_wall_s']} s "
-            f"({figures['overhead']}x)",
-        ),
+        wall_row(figures),
     ]

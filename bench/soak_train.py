@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from soak_common import REPO, patched
+from soak_common import REPO, patched, wall_row
 
 MIXES = ("dense_caption", "element_function", "state_transition", "valuable", "rollback")
 # In this order the points that need training left (a step, a checkpoint) come before those
@@ -249,9 +249,5 @@ def rows(figures: dict[str, Any]) -> list[tuple[str, Any]]:
         ("kills survived (planned points)", f"{figures['kills_survived']} ({figures['plan']})"),
         ("adapter tensors differing", figures["adapter_tensors_differing"]),
         ("temporary files and staging dirs left", len(figures["leftovers"])),
-        (
-            "wall: reference / soak (overhead)",
-            f"{figures['reference_wall_s']} s / {figures['soak_wall_s']} s "
-            f"({figures['overhead']}x)",
-        ),
+        wall_row(figures),
     ]
