@@ -3,6 +3,7 @@
     python bench/bench_synthesis.py                   # all CPU parts (tiny model; ~3 min)
     python bench/bench_synthesis.py throughput [--trees 32] [--threads 1,2] [--cascade both]
         [--in-flight 2] [--max-batch 128]   # the batched search's wave shape
+    python bench/bench_synthesis.py throughput --no-baseline --repeats 5   # search over raw, steady
     python bench/bench_synthesis.py overhead [--iterations 4000]
     python bench/bench_synthesis.py --gpu             # random Qwen2.5-7B on CUDA, 64 trees
 
@@ -44,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -223,10 +225,42 @@ def throughput(args: argparse.Namespace, model: Backend, overrides: list[str]) -
         report["cpu_ratio"] = (
             batched.row()["expansions_per_cpu_s"] / one.row()["expansions_per_cpu_s"]
         )
-    raw = raw_throughput(model, batched.requests, batched_cfg.model.batching.max_batch_size)
+    width = batched_cfg.model.batching.max_batch_size
+    raw = raw_throughput(model, batched.requests, width)
     report["raw_tokens_per_s"] = raw
     report["search_over_raw"] = batched.row()["completion_tokens_per_s"] / raw
+    if args.repeats > 1:
+        report["interleaved"] = interleaved(args.repeats, batched, raw, batched_cfg, model, work)
     return report
+
+
+def interleaved(
+    repeats: int,
+    first: Measured,
+    first_raw: float,
+    cfg: DictConfig,
+    model: Backend,
+    work: list[TreeTask[WebState]],
+) -> dict[str, Any]:
+    """The search and its raw replay in turn, ``repeats`` times each (the first pair is the
+    one already measured): a slower minute of a shared machine slows both of a pair, so the
+    per-pair ratio and the medians are what to quote, with the spread beside them."""
+    searched = [first.row()["completion_tokens_per_s"]]
+    raws = [first_raw]
+    for _ in range(repeats - 1):
+        again = search(cfg, model, work)
+        searched.append(again.row()["completion_tokens_per_s"])
+        raws.append(raw_throughput(model, again.requests, cfg.model.batching.max_batch_size))
+    ratios = [s / r for s, r in zip(searched, raws, strict=True)]
+    return {
+        "search_tokens_per_s": searched,
+        "raw_tokens_per_s": raws,
+        "search_over_raw": ratios,
+        "median_search_over_raw": statistics.median(ratios),
+        "spread_search_over_raw": [min(ratios), max(ratios)],
+        "median_raw_tokens_per_s": statistics.median(raws),
+        "spread_raw_tokens_per_s": [min(raws), max(raws)],
+    }
 
 
 class Table:
@@ -309,6 +343,16 @@ def print_throughput(label: str, result: dict[str, Any]) -> None:
         print(f"expansions per CPU second, the same ratio: {result['cpu_ratio']:.1f}x")
         print(f"identical trees: {result['identical_trees']} of {result['trees']}")
     print(f"search tokens/s over raw batched tokens/s: {result['search_over_raw']:.0%}")
+    if "interleaved" in result:
+        more = result["interleaved"]
+        low, high = more["spread_search_over_raw"]
+        ratios = ", ".join(f"{r:.0%}" for r in more["search_over_raw"])
+        print(
+            f"interleaved x{len(more['search_over_raw'])}: search over raw median "
+            f"{more['median_search_over_raw']:.0%} (spread {low:.0%}-{high:.0%}: {ratios}); "
+            f"raw tokens/s median {more['median_raw_tokens_per_s']:.0f} "
+            f"({more['spread_raw_tokens_per_s'][0]:.0f}-{more['spread_raw_tokens_per_s'][1]:.0f})"
+        )
 
 
 def cascade_speedup(on: dict[str, Any], off: dict[str, Any]) -> dict[str, float]:
@@ -348,6 +392,13 @@ def main() -> None:
         help="also search one at a time (default: on, off with --gpu)",
     )
     parser.add_argument("--iterations", type=int, default=4000, help="overhead: nodes")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="throughput: the batched search and its raw replay in turn, this many times each "
+        "(medians and spread of search over raw)",
+    )
     parser.add_argument(
         "--in-flight",
         type=int,
