@@ -75,7 +75,7 @@ def parts(dry_run: bool) -> dict[str, tuple[list[str], int]]:
         ),
         "search": (
             ["bench_synthesis.py", "throughput", "--gpu", *shrunk,
-             "--trees", "2" if dry_run else "64"],
+             "--trees", "1" if dry_run else "64"],
             210,
         ),
         "training": (

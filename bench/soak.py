@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--malformed-share", type=float, default=0.1)
     parser.add_argument("--timeout-s", type=float, default=3.0, help="the client's per call")
     parser.add_argument("--attempt-timeout-s", type=float, default=900.0)
+    parser.add_argument("--eval-attempts", type=int, default=3, help="evaluate: seeds a task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sabotage", choices=sorted(soak_synthesis.SABOTAGE), default=None)
     parser.add_argument("--work", default=None, help="where the runs go (default: a temp dir)")
@@ -72,7 +73,8 @@ def main() -> None:
         "synthesis": (lambda: soak_synthesis.soak_synthesis(args, work / "synthesis"),
                       soak_synthesis.rows),
         "train": (lambda: soak_train.soak_train(work / "train", args.seed), soak_train.rows),
-        "evaluate": (lambda: soak_evaluate.soak_evaluate(work / "evaluate", args.seed),
+        "evaluate": (lambda: soak_evaluate.soak_evaluate(work / "evaluate", args.seed,
+                                                         args.eval_attempts),
                      soak_evaluate.rows),
         "coevolve": (lambda: soak_coevolve.soak_coevolve(work / "coevolve", args.seed),
                      soak_coevolve.rows),

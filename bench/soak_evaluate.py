@@ -1,14 +1,14 @@
 """The chaos soak of live evaluation (``python bench/soak.py evaluate``; see bench/soak.py).
 
-``evaluate.py`` with the tiny model on MiniWoB++ in headless Chromium (nine episodes,
-two browsers at a time), run twice on the same episodes: once uninterrupted (the
-reference), once with faults in its first two processes: browser workers SIGKILLed and hung
-(SIGSTOP, until the step timeout gives up on them) at random moments, and the job itself
-SIGKILLed once. A worker's fault follows a recorded step, so that it lands mid-episode (the
-episode ends in an environment error) or, on the other worker, perhaps in a reset (absorbed
-by the reset's retry on a new worker). The job is started again on the
-same run dir, which reruns the episodes that ended in an environment error, until none is
-left (at most ``RERUNS`` more times).
+``evaluate.py`` with the tiny model on MiniWoB++ in headless Chromium (three tasks x
+``--eval-attempts`` seeds, nine episodes by default, two browsers at a time), run twice on
+the same episodes: once uninterrupted (the reference), once with faults in its first two
+processes: browser workers SIGKILLed and hung (SIGSTOP, until the step timeout gives up on
+them), and the job itself SIGKILLed once. A worker's fault follows a recorded step, so that
+it lands mid-episode (the episode ends in an environment error) or, on the other worker,
+perhaps in a reset (absorbed by the reset's retry on a new worker). The job is started again
+on the same run dir, which reruns the episodes that ended in an environment error, until
+none is left (at most ``RERUNS`` more times).
 
 Asserted: no episode lost (every reference episode has an error-free line at the end); each
 episode's latest line has the reference's success, reward, end, steps and actions; its last
@@ -43,7 +43,6 @@ OVERRIDES = [
     "logger=none",
     "env=miniwob",
     "env.tasks=[click-button,enter-text,choose-list]",
-    "eval.attempts=3",
     "eval.max_steps=3",
     "env.pool_size=2",
     "env.step_timeout_s=6",
@@ -126,10 +125,13 @@ def errored(run_dir: Path) -> int:
     return sum(record.get("error") is not None for record in latest.values())
 
 
-def run_evaluate(run_dir: Path, plans: tuple[tuple[str, ...], ...], rng: random.Random) -> EvalRun:
+def run_evaluate(
+    run_dir: Path, plans: tuple[tuple[str, ...], ...], rng: random.Random, attempts: int
+) -> EvalRun:
     run = EvalRun(run_dir)
     env = os.environ | {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, str(REPO / "evaluate.py"), *OVERRIDES, f"hydra.run.dir={run_dir}"]
+    command = [sys.executable, str(REPO / "evaluate.py"), *OVERRIDES, f"eval.attempts={attempts}"]
+    command.append(f"hydra.run.dir={run_dir}")
     log = run_dir.with_suffix(".log").open("ab")
     for index in range(len(plans) + 1 + RERUNS):
         plan = plans[index] if index < len(plans) else ()
@@ -196,13 +198,14 @@ def compare(reference: EvalRun, soak: EvalRun) -> tuple[dict[str, Any], list[str
     return figures, failed
 
 
-def soak_evaluate(work: Path, seed: int) -> tuple[dict[str, Any], list[str]]:
+def soak_evaluate(work: Path, seed: int, attempts: int = 3) -> tuple[dict[str, Any], list[str]]:
+    """The reference and the soak of ``attempts`` held-out seeds on each of three tasks."""
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    reference = run_evaluate(work / "reference", (), rng)
+    reference = run_evaluate(work / "reference", (), rng, attempts)
     if reference.processes[-1]["returncode"] != 0:
         return {}, [f"the reference run failed (log: {reference.dir}.log)"]
-    soak = run_evaluate(work / "soak", PLAN, rng)
+    soak = run_evaluate(work / "soak", PLAN, rng, attempts)
     return compare(reference, soak)
 
 

@@ -38,14 +38,15 @@ def test_killed_synthesis_under_faults_ends_as_the_uninterrupted_run(tmp_path: P
     assert figures["faults_injected_total"] > 0  # the faults were there to be survived
     assert figures["malformed_answers"]["reference"] > 0
     assert figures["retried_recorded_total"] <= figures["faults_injected_total"]
-    assert figures["all_requests_failing_exit_code"] != 0
+    assert figures["all_requests_failing_exit_code"] not in (0, None)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sabotage", ["store-rewrites", "resume-forgets"])
 def test_the_soak_fails_when_resume_is_broken(tmp_path: Path, sabotage: str) -> None:
-    code, figures = soak("synthesis", tmp_path, *SMALL_SYNTHESIS, f"--sabotage={sabotage}",
-                         "--fault-share=0")  # fmt: skip
+    # The smallest soak that resumes: 2 tasks, 1 kill, no faults (they are not what is checked)
+    code, figures = soak("synthesis", tmp_path, "--tasks=2", "--kills=1", "--fault-share=0",
+                         "--malformed-share=0", f"--sabotage={sabotage}")  # fmt: skip
     assert code == 1
     assert any("trees.jsonl" in failure for failure in figures["failed"]), figures["failed"]
 
@@ -67,7 +68,7 @@ def test_training_killed_at_every_kill_point_ends_with_the_uninterrupted_adapter
 @pytest.mark.slow
 @pytest.mark.browser
 def test_evaluation_with_workers_killed_and_hung_loses_no_episode(tmp_path: Path) -> None:
-    code, figures = soak("evaluate", tmp_path)
+    code, figures = soak("evaluate", tmp_path, "--eval-attempts=2")
     assert code == 0, figures["failed"]
     assert figures["episodes_lost"] == 0 and figures["episodes_differing"] == 0
     assert figures["episodes_errored_by_faults"] >= 1  # an episode was cut short and rerun
