@@ -332,7 +332,7 @@ def print_throughput(label: str, result: dict[str, Any]) -> None:
         f"{'cpu s':>9}{'exp/cpu s':>10}"
     )
     for name, row in result.items():
-        if isinstance(row, dict):
+        if isinstance(row, dict) and "expansions" in row:  # a search, not "interleaved"
             print(
                 f"{name:<28}{row['expansions']:>11.0f}{row['nodes']:>7.0f}"
                 f"{row['seconds']:>9.2f}{row['expansions_per_s']:>8.2f}"
