@@ -121,7 +121,7 @@ def _backend(args: argparse.Namespace) -> LocalBackend:
         return LocalBackend(args.model_path)
     if not args.random_7b:
         return LocalBackend(str(build_tiny_model()))
-    return random_backend(getattr(args, "shrunk", False))
+    return random_backend(args.shrunk)
 
 
 def random_backend(shrunk: bool = False) -> LocalBackend:

@@ -51,7 +51,6 @@ OVERRIDES = [
 PLAN = (("kill_worker", "hang_worker", "kill_worker", "kill_job"), ("hang_worker", "kill_worker"))
 RERUNS = 4
 COMPARED = ("success", "reward", "end", "steps", "actions")
-TIMING = {"elapsed_s", "wall_s", "time_s", "started", "seconds"}
 
 
 @dataclass
@@ -149,10 +148,6 @@ def run_evaluate(
     return run
 
 
-def strip(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k not in TIMING}
-
-
 def compare(reference: EvalRun, soak: EvalRun) -> tuple[dict[str, Any], list[str]]:
     failed = []
     ref = latest_episodes(reference.dir / "episodes.jsonl")
@@ -165,8 +160,8 @@ def compare(reference: EvalRun, soak: EvalRun) -> tuple[dict[str, Any], list[str
     ]
     if differing:
         failed.append(f"episodes differing from the reference's: {differing}")
-    ref_steps = {e.key: [strip(r) for r in e.steps] for e in read_episodes(reference.dir)}
-    soak_steps = {e.key: [strip(r) for r in e.steps] for e in read_episodes(soak.dir)}
+    ref_steps = {e.key: e.steps for e in read_episodes(reference.dir)}
+    soak_steps = {e.key: e.steps for e in read_episodes(soak.dir)}
     rows_differing = [k for k in ref_steps if ref_steps[k] != soak_steps.get(k)]
     if rows_differing:
         failed.append(f"transitions differing from the reference's: {rows_differing}")

@@ -137,6 +137,8 @@ class Soak:
         self.faults = FaultInjector()
         self.token = secrets.token_hex(16)
         self.tasks = tasks_file(work / "tasks.jsonl", args.tasks)
+        self.startup_s = 10.0  # the process's start (imports, Hydra, tasks): from the reference
+        self.first_tree_s: float | None = None  # the reference's first process, to a tree
 
     def command(
         self, url: str, run_dir: Path, sabotage: str | None = None, extra: tuple[str, ...] = ()
@@ -208,9 +210,6 @@ class Soak:
             )
             if not killed:
                 return run
-
-    startup_s = 10.0  # the process's start (imports, Hydra, tasks): from the reference
-    first_tree_s: float | None = None  # the reference's first process: until its first tree
 
 
 def canonical_trees(run_dir: Path) -> dict[str, str]:

@@ -25,6 +25,7 @@ get a fixed text, and any echo of the key by a server is masked).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -371,7 +372,7 @@ class OpenAIBackend:
                 except openai.APIError as exc:
                     kind, message = self._classify(exc)
                     retry_after = _retry_after(exc)
-                except ValueError as exc:  # a 200 whose JSON is cut short or malformed
+                except json.JSONDecodeError as exc:  # a 200 whose JSON is cut short
                     kind, message = "bad_response", f"unreadable body ({type(exc).__name__})"
                 else:
                     if hasattr(response, "choices"):
