@@ -3,12 +3,12 @@
 ``evaluate.py`` with the tiny model on MiniWoB++ in headless Chromium (three tasks x
 ``--eval-attempts`` seeds, nine episodes by default, two browsers at a time), run twice on
 the same episodes: once uninterrupted (the reference), once with faults in its first two
-processes: browser workers SIGKILLed and hung (SIGSTOP, until the step timeout gives up on
-them), and the job itself SIGKILLed once. A worker's fault follows a recorded step, so that
-it lands mid-episode (the episode ends in an environment error) or, on the other worker,
-perhaps in a reset (absorbed by the reset's retry on a new worker). The job is started again
-on the same run dir, which reruns the episodes that ended in an environment error, until
-none is left (at most ``RERUNS`` more times).
+processes: browser workers SIGKILLed (all at once, then one) and hung (SIGSTOP, until the step
+timeout gives up on them), and the job itself SIGKILLed once. A worker's fault follows a
+recorded step, so that it lands mid-episode (the episode ends in an environment error) or, on
+the other worker, perhaps in a reset (absorbed by the reset's retry on a new worker). The job
+is started again on the same run dir, which reruns the episodes that ended in an environment
+error, until none is left (at most ``RERUNS`` more times).
 
 Asserted: no episode lost (every reference episode has an error-free line at the end); each
 episode's latest line has the reference's success, reward, end, steps and actions; its last
@@ -48,7 +48,11 @@ OVERRIDES = [
     "env.step_timeout_s=6",
 ]
 # The faults of the soak's first processes, in order; the job's own kill ends its process.
-PLAN = (("kill_worker", "hang_worker", "kill_worker", "kill_job"), ("hang_worker", "kill_worker"))
+# The first process loses every browser at once right after a step (so an episode under way is
+# cut whichever worker runs it: one idle worker killed is restarted at its next reset, cutting
+# nothing), then the job, once that cut is on disk; it comes second because a short job (the CI
+# size, six episodes) can finish before a later fault. The second meets single-worker faults.
+PLAN = (("kill_workers", "kill_job"), ("hang_worker", "kill_worker", "hang_worker"))
 RERUNS = 4
 COMPARED = ("success", "reward", "end", "steps", "actions")
 
@@ -94,11 +98,15 @@ def inject(
 ) -> None:
     """Carry out ``plan`` on the running job. A worker's fault comes right after a step was
     recorded, at a random one of the next few (an episode is then under way on some worker,
-    which the fault hits with the pool's other worker as likely); the job's own kill after a
-    random pause."""
+    which the fault hits with the pool's other worker as likely, or both for ``kill_workers``);
+    the job's own kill once an episode cut by an earlier fault is recorded (or 20 s passed),
+    after a random pause."""
     for fault in plan:
         if fault == "kill_job":
-            time.sleep(rng.uniform(1.0, 5.0))
+            deadline = time.monotonic() + 20
+            while process.poll() is None and time.monotonic() < deadline and not errored(run.dir):
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.5, 3.0))
             if process.poll() is None:
                 os.kill(process.pid, signal.SIGKILL)
                 run.faults[fault] += 1
@@ -109,14 +117,16 @@ def inject(
             if steps_recorded(run.dir) >= target:
                 break
             time.sleep(0.02)
-        victim = rng.choice(workers(process.pid) or [None])
-        if process.poll() is not None or victim is None:
+        found = workers(process.pid)
+        if process.poll() is not None or not found:
             return
-        try:
-            victim.send_signal(signal.SIGKILL if fault == "kill_worker" else signal.SIGSTOP)
-        except psutil.Error:
-            continue
-        run.faults[fault] += 1
+        victims = found if fault == "kill_workers" else [rng.choice(found)]
+        for victim in victims:
+            try:
+                victim.send_signal(signal.SIGSTOP if fault == "hang_worker" else signal.SIGKILL)
+            except psutil.Error:
+                continue
+            run.faults[fault] += 1
 
 
 def errored(run_dir: Path) -> int:
@@ -167,7 +177,7 @@ def compare(reference: EvalRun, soak: EvalRun) -> tuple[dict[str, Any], list[str
         failed.append(f"transitions differing from the reference's: {rows_differing}")
     lines = list(read_records(soak.dir / "episodes.jsonl"))
     env_errors = sum(line.get("error") is not None for line in lines)
-    caused = soak.faults["kill_worker"] + soak.faults["hang_worker"]
+    caused = sum(soak.faults[kind] for kind in ("kill_worker", "kill_workers", "hang_worker"))
     if env_errors > caused:
         failed.append(f"{env_errors} environment errors recorded, {caused} caused")
     if env_errors == 0:
