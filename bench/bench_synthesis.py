@@ -97,6 +97,11 @@ class Recorder:
         self.requests += requests
         return await self.inner.agenerate(requests)
 
+    @property
+    def concurrent_batches(self) -> int:
+        """The model's (so the batcher in front lets as many calls through as the job's)."""
+        return int(getattr(self.inner, "concurrent_batches", 1))
+
     def close(self) -> None:
         """The model is shared by the measurements; the caller closes it."""
 
@@ -111,9 +116,11 @@ class Measured:
     batches: int
     trees: list[dict[str, Any]]
     requests: list[GenerationRequest]
+    step_rows: float  # mean rows per decode step of the local backend (0: not measured)
 
     def row(self) -> dict[str, float]:
         return {
+            "mean_rows_per_decode_step": self.step_rows,
             "seconds": self.seconds,
             "expansions": self.expansions,
             "nodes": self.nodes,
@@ -154,10 +161,14 @@ def search(cfg: DictConfig, model: Backend, work: list[TreeTask[WebState]]) -> M
     )
     # Every search compiles its own grammars: the first one measured must not warm the second's.
     getattr(model, "__dict__", {}).pop("grammars", None)
+    stats = getattr(model, "stats", None)  # a LocalBackend's: the width of its decode steps
+    before = (stats.decode_steps, stats.step_rows) if hasattr(stats, "decode_steps") else (0, 0)
     start, cpu_start = time.perf_counter(), time.process_time()
     results = engine.run(work)
     seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
+    steps = stats.decode_steps - before[0] if hasattr(stats, "decode_steps") else 0
+    rows = stats.step_rows - before[1] if hasattr(stats, "step_rows") else 0
     assert all(r.error is None for r in results), [r.error for r in results if r.error]
     return Measured(
         seconds=seconds,
@@ -168,6 +179,7 @@ def search(cfg: DictConfig, model: Backend, work: list[TreeTask[WebState]]) -> M
         batches=batcher.stats.batches if batcher else usage.counts().calls,
         trees=[_shape(r) for r in results],
         requests=recorder.requests,
+        step_rows=rows / steps if steps else 0.0,
     )
 
 
@@ -420,6 +432,13 @@ def main() -> None:
         default="on",
         help="LocalBackend's cascade decode; both: on, then off, side by side in one run",
     )
+    parser.add_argument(
+        "--continuous",
+        choices=["on", "off", "both"],
+        default="off",
+        help="LocalBackend's continuous batching (requests join a running decode); both: "
+        "continuous, then the chunk decode, side by side in one run",
+    )
     args = parser.parse_args()
     args.trees = args.trees or (64 if args.gpu else 32)
     args.baseline = (not args.gpu) if args.baseline is None else args.baseline
@@ -429,22 +448,25 @@ def main() -> None:
         cfg = compose_config(*overrides)
         model = random_7b(args.shrunk) if args.gpu else instantiate(cfg.model.backend)
         asyncio.run(model.agenerate([GenerationRequest(({"role": "user", "content": "hi"},))]))
-        settings = {"on": [True], "off": [False], "both": [True, False]}[args.cascade]
+        choices = {"on": [True], "off": [False], "both": [True, False]}
         results, speedups = {}, {}
         for threads in args.threads:
             if threads:
                 torch.set_num_threads(threads)
             at = f"{torch.get_num_threads()} threads"
-            by_cascade = {}
-            for cascade in settings:
-                model.cascade_decode = cascade  # type: ignore[attr-defined]
-                label = f"cascade {'on' if cascade else 'off'}, {at}"
-                results[label] = by_cascade[cascade] = throughput(args, model, overrides)
-                print_throughput(label, results[label])
-            if len(by_cascade) == 2:
-                for name, speedup in cascade_speedup(by_cascade[True], by_cascade[False]).items():
-                    speedups[f"{name}, {at}"] = speedup
-                    print(f"cascade on / off, {name}, {at}, expansions/s: {speedup:.2f}x")
+            for continuous in choices[args.continuous]:
+                model.continuous = continuous  # type: ignore[attr-defined]
+                decode = "continuous" if continuous else "chunk decode"
+                by_cascade = {}
+                for cascade in choices[args.cascade]:
+                    model.cascade_decode = cascade  # type: ignore[attr-defined]
+                    label = f"cascade {'on' if cascade else 'off'}, {decode}, {at}"
+                    results[label] = by_cascade[cascade] = throughput(args, model, overrides)
+                    print_throughput(label, results[label])
+                if len(by_cascade) == 2:
+                    for name, up in cascade_speedup(by_cascade[True], by_cascade[False]).items():
+                        speedups[f"{name}, {decode}, {at}"] = up
+                        print(f"cascade on / off, {name}, {decode}, {at}, expansions/s: {up:.2f}x")
         model.close()
         report["throughput"] = results
         if speedups:

@@ -293,3 +293,51 @@ def test_wrapper_plumbing() -> None:
         BatchingBackend(inner, max_batch_size=0)
     with pytest.raises(ValueError):
         BatchingBackend(inner, window_s=-1)
+
+
+class Timed:
+    """Answers each request after ``len(content) * 10 ms`` (a long page takes longer than a
+    score); ``content == "boom"`` raises. Records the calls."""
+
+    cache_identity = "timed"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        contents = [r.messages[-1]["content"] for r in requests]
+        self.calls.append(contents)
+        await asyncio.sleep(max(len(c) for c in contents) * 0.01)
+        if "boom" in contents:
+            raise RuntimeError("boom")
+        return [Generation(texts=[c], completion_tokens=len(c)) for c in contents]
+
+    def close(self) -> None:
+        pass
+
+
+def test_streaming_answers_each_caller_when_its_own_request_returns() -> None:
+    """One wave, each request its own call: the short answer is not held back by the long
+    one, dedup still merges identical requests, and a failing request fails alone."""
+    inner = Timed()
+    backend = BatchingBackend(inner, stream=True, max_concurrent=8)
+    order: list[str] = []
+
+    async def ask(content: str) -> Generation:
+        answer = await one(backend, content, temperature=0.0)
+        order.append(content)
+        return answer
+
+    async def main() -> list[Generation]:
+        contents = ["a" * 30, "bb", "bb", "boom", "c" * 12]
+        return list(await asyncio.gather(*(ask(c) for c in contents)))
+
+    answers = asyncio.run(main())
+    assert order[:2] == ["bb", "bb"] and order[-1] == "a" * 30
+    assert sorted(map(tuple, inner.calls)) == sorted(
+        [("a" * 30,), ("bb",), ("boom",), ("c" * 12,)]
+    )  # one call per distinct request
+    assert [a.texts for a in answers if a.ok] == [["a" * 30], ["bb"], ["bb"], ["c" * 12]]
+    assert answers[2].cached and answers[2].completion_tokens == 0  # the copy is not charged
+    assert (answers[3].error or "").startswith("batch_error: RuntimeError: boom")
+    assert backend.stats.batches == 1 and backend.stats.dedup_hits == 1

@@ -116,7 +116,14 @@ def build_app(
     app = FastAPI(title="websynthesis")
     app.state.stats = stats
     app.state.batcher = BatchingBackend(
-        backend, max_batch_size=max_batch_size, window_s=batch_window_ms / 1000, dedup=False
+        backend,
+        max_batch_size=max_batch_size,
+        window_s=batch_window_ms / 1000,
+        dedup=False,
+        # One batch at a time for a backend that decodes a call to its end; as many as come
+        # for one that batches continuously (LocalBackend(continuous=True)).
+        max_concurrent=int(getattr(backend, "concurrent_batches", 1)),
+        stream=int(getattr(backend, "concurrent_batches", 1)) > 1,
     )
 
     def authorize(

@@ -37,6 +37,15 @@ Two identical unseeded sampled requests ask for two *different* samples and are
 both sent. ``role`` (accounting only) is not part of the identity. ``dedup=False`` sends
 every request (a server answering separate clients bills each its own tokens).
 
+**Streaming** (``stream=True``, for an inner backend that batches continuously: the local
+backend with ``continuous=True``, a vLLM or SGLang server): a call answers when its last
+request does, so one call per batch would hold a short answer (a score) until the batch's
+longest (a page) is done. Each distinct request then goes out as its own call, all in the same
+event-loop turn (the backend below gathers them again: the local one plans every call it
+received since its last step as one batch), and each caller is answered as soon as its
+request is. Waves still form here (dedup, the window), and with ``max_concurrent`` above one
+a wave never waits for the one before.
+
 **Failures.** If the inner call raises, or returns the wrong number of results,
 every request of that call gets a :class:`Generation` with ``error`` set; the
 exception never reaches the waiting coroutines, nor the callers of other batches.
@@ -87,6 +96,8 @@ class BatchingBackend:
         settle_ticks: quiet event-loop turns that close a wave.
         window_s: how long after its oldest request a settled batch may wait for more.
         dedup: answer identical repeatable requests of a batch with one generation.
+        stream: send a batch's requests as calls of one request each, all at once, and
+            answer each caller when its own call returns (see **Streaming**).
     """
 
     def __init__(
@@ -97,6 +108,7 @@ class BatchingBackend:
         settle_ticks: int = 3,
         window_s: float = 0.0,
         dedup: bool = True,
+        stream: bool = False,
     ) -> None:
         if max_batch_size < 1 or max_concurrent < 1 or settle_ticks < 1:
             raise ValueError("max_batch_size, max_concurrent and settle_ticks must be >= 1")
@@ -108,6 +120,7 @@ class BatchingBackend:
         self.settle_ticks = settle_ticks
         self.window_s = window_s
         self.dedup = dedup
+        self.stream = stream
         self.stats = BatchingStats()
         self._queue: deque[_Waiter] = deque()
         self._arrivals = 0
@@ -234,14 +247,21 @@ class BatchingBackend:
         stats.sent += len(unique)
         stats.dedup_hits += len(batch) - len(unique)
         stats.largest_batch = max(stats.largest_batch, len(unique))
+        waiting: list[list[asyncio.Future[Generation]]] = [[] for _ in unique]
+        for (_, future, _, _), slot in zip(batch, slots, strict=True):
+            waiting[slot].append(future)
         try:
-            answers = await self._call(unique)
-            answered: set[int] = set()
-            for (_, future, _, _), slot in zip(batch, slots, strict=True):
-                if not future.done():  # the first caller still waiting is charged the tokens
-                    answer = answers[slot]
-                    future.set_result(answer if slot not in answered else _copy(answer))
-                    answered.add(slot)
+            if self.stream:  # each its own call, all at once: each answered when it returns
+                await asyncio.gather(
+                    *(
+                        self._answer_one(r, futures)
+                        for r, futures in zip(unique, waiting, strict=True)
+                    )
+                )
+            else:
+                answers = await self._call(unique)
+                for answer, futures in zip(answers, waiting, strict=True):
+                    _deliver(answer, futures)
         finally:
             self._running -= 1
             if self._queue:
@@ -269,6 +289,12 @@ class BatchingBackend:
             ensure_ascii=False,
         )
 
+    async def _answer_one(
+        self, request: GenerationRequest, futures: list[asyncio.Future[Generation]]
+    ) -> None:
+        (answer,) = await self._call([request])
+        _deliver(answer, futures)
+
     async def _call(self, requests: list[GenerationRequest]) -> list[Generation]:
         """The inner call, with every failure turned into per-request errors."""
         try:
@@ -281,6 +307,16 @@ class BatchingBackend:
             message = f"batch_error: backend returned {len(answers)} results for {len(requests)}"
             return [_failed(message) for _ in requests]
         return list(answers)
+
+
+def _deliver(answer: Generation, futures: list[asyncio.Future[Generation]]) -> None:
+    """``answer`` to the callers of one request: the first still waiting is charged the
+    tokens, the others get copies."""
+    charged = False
+    for future in futures:
+        if not future.done():
+            future.set_result(_copy(answer) if charged else answer)
+            charged = True
 
 
 def _copy(answer: Generation) -> Generation:

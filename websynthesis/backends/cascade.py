@@ -46,80 +46,118 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]
 Logprob = tuple[int, float, list[tuple[int, float]]]  # token, its logprob, the top ones
 
 
-def decode(
-    model: torch.nn.Module,
-    config: PretrainedConfig,
-    cascade: Cascade,
-    prompts: Sequence[Sequence[int]],
-    constraints: Sequence[Constraint | None],
-    seeds: Sequence[int | None],
-    wanted: Sequence[int | None],
-    sampling: Sampling,
-    names: list[str] | None,
-    stop_token_ids: Sequence[int],
-) -> tuple[list[list[int]], list[list[Logprob]] | None]:
-    """Decode every row to its end-of-turn or the budget; finished rows leave the batch.
+def decode(model: torch.nn.Module, config: PretrainedConfig, cohort: Cohort) -> None:
+    """Decode ``cohort``'s rows to their end-of-turn or the budget; finished rows leave the
+    batch. ``config`` is the base model's, whose attention is the cascade's while the loop
+    runs; the tokens (and logprobs) are the cohort's."""
+    with cascade_attention_on(config):
+        while not cohort.finished:
+            cohort.cascade.step = cohort.step
+            cohort.advance(
+                forward(model, cohort.ids, cohort.positions, cohort.cascade, cohort.names)
+            )
 
-    With a request for logprobs in the chunk, each row's tokens also get their
-    log-probabilities under the model (before the grammar's mask and the temperature)
-    and the chunk's largest ``top`` alternatives.
+
+def forward(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    mask: Any,
+    names: list[str] | None,
+) -> torch.Tensor:
+    """One decode step's float logits ``[rows, vocab]``: token ``ids[k]`` at ``positions[k]``,
+    attention through ``mask`` (a :class:`Cascade`, or several side by side)."""
+    output = model(
+        input_ids=ids[:, None],
+        position_ids=positions[:, None],
+        attention_mask={"full_attention": mask},
+        use_cache=False,
+        **({"adapter_names": names} if names else {}),
+    )
+    return output.logits[:, -1].float()
+
+
+class Cohort:
+    """The rows of one chunk decoding together over one :class:`Cascade`.
+
+    Why a class: the decode loop of one chunk (:func:`decode`) and the continuous loop
+    of several chunks joining and leaving (:mod:`~websynthesis.backends.continuous`) take
+    the same steps; a cohort keeps what a step changes (each row's tokens, the live rows,
+    their next token and position, its own step count) and does everything after the
+    model's forward: the grammar's mask, the choice, the logprobs, the finished rows.
 
     Row ``k`` continues ``prompts[k]`` (its last token not yet prefilled) under
     ``constraints[k]``, draws with ``seeds[k]`` and wants ``wanted[k]`` top logprobs
-    (``None``: none); ``names`` are peft's per-row adapters of a mixed batch. ``config`` is
-    the base model's, whose attention is the cascade's while the loop runs."""
-    stops = set(stop_token_ids)
-    device = next(model.parameters()).device
-    top = max((k for k in wanted if k is not None), default=None)
-    logprobs: list[list[Logprob]] | None = None if top is None else [[] for _ in prompts]
-    grammar = None
-    if any(constraints):
-        grammar = BatchGrammarMasks(list(constraints), sampling.max_new_tokens)
-    chooser = Chooser(sampling, seeds)
-    rows = list(range(len(prompts)))  # the original row of each batch row
-    tokens: list[list[int]] = [[] for _ in rows]
-    done = [False] * len(rows)
-    ids = torch.tensor([prompt[-1] for prompt in prompts], device=device)
-    positions = torch.tensor([len(prompt) - 1 for prompt in prompts], device=device)
-    last: list[int] | None = None
-    with cascade_attention_on(config):
-        for step in range(sampling.max_new_tokens):
-            cascade.step = step
-            logits = (
-                model(
-                    input_ids=ids[:, None],
-                    position_ids=positions[:, None],
-                    attention_mask={"full_attention": cascade},
-                    use_cache=False,
-                    **({"adapter_names": names} if names else {}),
-                )
-                .logits[:, -1]
-                .float()
-            )
-            raw = logits.log_softmax(dim=-1) if logprobs is not None else None
-            if grammar is not None:
-                grammar.mask(logits, rows, last)
-            ids = chooser.choose(logits, rows)
-            last = ids.tolist()
-            if logprobs is not None and raw is not None:
-                record_logprobs(logprobs, rows, done, raw, ids, top or 0)
-            for row, token in zip(rows, last, strict=True):
-                if not done[row]:
-                    tokens[row].append(token)
-                    done[row] = token in stops
-            finished = [k for k, row in enumerate(rows) if done[row]]
-            if len(finished) == len(rows):
-                break
-            positions = positions + 1
-            if finished and COMPACT_WHEN * len(finished) >= len(rows):
-                keep = [k for k, row in enumerate(rows) if not done[row]]
-                index = torch.tensor(keep, device=device)
-                cascade.keep(index)
-                ids, positions = ids[index], positions[index]
-                rows = [rows[k] for k in keep]
-                last = [last[k] for k in keep]
-                names = [names[k] for k in keep] if names else None
-    return tokens, logprobs
+    (``None``: none); with a request for logprobs, each row's tokens also get their
+    log-probabilities under the model (before the grammar's mask and the temperature) and
+    the cohort's largest ``top`` alternatives. ``names`` are each row's peft adapter, for a
+    mixed batch (``None``: the adapter the caller made active).
+    """
+
+    def __init__(
+        self,
+        cascade: Cascade,
+        prompts: Sequence[Sequence[int]],
+        constraints: Sequence[Constraint | None],
+        seeds: Sequence[int | None],
+        wanted: Sequence[int | None],
+        sampling: Sampling,
+        names: list[str] | None,
+        stop_token_ids: Sequence[int],
+        device: torch.device,
+    ) -> None:
+        self.cascade = cascade
+        self.names = names  # each live row's adapter (peft's adapter_names), or None
+        self.stops = set(stop_token_ids)
+        self.top = max((k for k in wanted if k is not None), default=None)
+        self.logprobs: list[list[Logprob]] | None = (
+            None if self.top is None else [[] for _ in prompts]
+        )
+        self.grammar = None
+        if any(constraints):
+            self.grammar = BatchGrammarMasks(list(constraints), sampling.max_new_tokens)
+        self.chooser = Chooser(sampling, seeds)
+        self.max_new_tokens = sampling.max_new_tokens
+        self.rows = list(range(len(prompts)))  # the original row of each batch row
+        self.tokens: list[list[int]] = [[] for _ in self.rows]
+        self.done = [False] * len(self.rows)
+        self.ids = torch.tensor([prompt[-1] for prompt in prompts], device=device)
+        self.positions = torch.tensor([len(prompt) - 1 for prompt in prompts], device=device)
+        self.last: list[int] | None = None
+        self.step = 0
+        self.row_steps = 0  # rows carried, summed over the steps taken
+        self.finished = False
+
+    def advance(self, logits: torch.Tensor) -> None:
+        """Take one step's tokens from ``logits`` (the live rows', in order)."""
+        rows = self.rows
+        self.row_steps += len(rows)
+        raw = logits.log_softmax(dim=-1) if self.logprobs is not None else None
+        if self.grammar is not None:
+            self.grammar.mask(logits, rows, self.last)
+        ids = self.chooser.choose(logits, rows)
+        last = ids.tolist()
+        if self.logprobs is not None and raw is not None:
+            record_logprobs(self.logprobs, rows, self.done, raw, ids, self.top or 0)
+        done, tokens = self.done, self.tokens
+        for row, token in zip(rows, last, strict=True):
+            if not done[row]:
+                tokens[row].append(token)
+                done[row] = token in self.stops
+        finished = sum(done[row] for row in rows)
+        if finished == len(rows) or self.step + 1 == self.max_new_tokens:
+            self.finished = True
+            return
+        self.ids, self.positions, self.last = ids, self.positions + 1, last
+        if finished and COMPACT_WHEN * finished >= len(rows):
+            keep = [k for k, row in enumerate(rows) if not done[row]]
+            index = torch.tensor(keep, device=ids.device)
+            self.cascade.keep(index)
+            self.ids, self.positions = self.ids[index], self.positions[index]
+            self.rows = [rows[k] for k in keep]
+            self.last = [last[k] for k in keep]
+            self.names = [self.names[k] for k in keep] if self.names else None
+        self.step += 1
 
 
 @contextlib.contextmanager
@@ -343,6 +381,37 @@ class Cascade:
         return out.reshape(rows, 1, heads, dim)
 
 
+class Cascades:
+    """Several cohorts' caches side by side in one forward (the continuous decode).
+
+    Why: one forward reads the weights once for every running row, whichever chunk it came
+    from; attention is each row's own anyway, so each layer's rows are split by cohort and
+    each part attends over its own :class:`Cascade`.
+    """
+
+    def __init__(self, cohorts: Sequence[Cohort], sizes: list[int]) -> None:
+        self.cascades = [cohort.cascade for cohort in cohorts]
+        self.sizes = sizes
+
+    def attend(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        scaling: float | None,
+    ) -> torch.Tensor:
+        """:meth:`Cascade.attend` of each cohort's rows, joined in order."""
+        parts = zip(
+            self.cascades,
+            query.split(self.sizes),
+            key.split(self.sizes),
+            value.split(self.sizes),
+            strict=True,
+        )
+        return torch.cat([c.attend(layer, q, k, v, scaling) for c, q, k, v in parts])
+
+
 def cascade_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -353,7 +422,7 @@ def cascade_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention interface, for the decode loop: the mask is the cache."""
-    if not isinstance(attention_mask, Cascade):
+    if not isinstance(attention_mask, Cascade | Cascades):
         raise TypeError("the cascade attention runs only inside LocalBackend's decode loop")
     return attention_mask.attend(module.layer_idx, query, key, value, scaling), None
 

@@ -57,8 +57,9 @@ from transformers import (
 )
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from websynthesis.backends.cascade import Logprob, cascade_supported, decode
+from websynthesis.backends.cascade import Cohort, Logprob, cascade_supported, decode
 from websynthesis.backends.constraints import Constraint, GrammarCompiler
+from websynthesis.backends.continuous import ContinuousDecoder
 from websynthesis.backends.loading import (
     adapter_digest,
     load_model,
@@ -88,11 +89,17 @@ class LocalStats(Counters):
     """What the backend did: decode batches, rows decoded, and errors by kind.
 
     ``generate_calls`` counts decode batches, whichever loop ran them (transformers'
-    ``generate`` or the backend's own cascade decode).
+    ``generate`` or the backend's own cascade decode). ``decode_steps`` counts the cascade
+    decode's forwards (one per step of a chunk; batching continuously, one per step of the
+    shared loop) and ``step_rows`` the rows they carried: ``step_rows / decode_steps`` is the
+    mean width of a step. ``joined``: chunks that joined a decode already running.
     """
 
     generate_calls: int = 0
     rows: int = 0
+    decode_steps: int = 0
+    step_rows: int = 0
+    joined: int = 0
     errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -134,6 +141,10 @@ class LocalBackend:
         cascade_decode: the backend's own decode loop over a shared KV cache (see
             the module docstring); off, or for models it does not support,
             transformers' ``generate`` over a per-row cache.
+        continuous: batch continuously (:mod:`~websynthesis.backends.continuous`): requests
+            join a running decode between steps and are answered as their rows end, for
+            throughput; off (the default), each call's chunks decode to their end, and a
+            run's answers do not depend on when its requests arrived.
     """
 
     def __init__(
@@ -147,6 +158,7 @@ class LocalBackend:
         share_prefix: bool = True,
         share_prefix_min_tokens: int = 32,
         cascade_decode: bool = True,
+        continuous: bool = False,
     ) -> None:
         path = resolve_model_path(str(model_path))
         base = load_model(path, dtype=dtype, attn_implementation=attn_implementation, device=device)
@@ -159,6 +171,7 @@ class LocalBackend:
             share_prefix=share_prefix,
             share_prefix_min_tokens=share_prefix_min_tokens,
             cascade_decode=cascade_decode,
+            continuous=continuous,
         )
 
     @classmethod
@@ -173,6 +186,7 @@ class LocalBackend:
         share_prefix: bool = True,
         share_prefix_min_tokens: int = 32,
         cascade_decode: bool = True,
+        continuous: bool = False,
     ) -> LocalBackend:
         """Serve a model already in memory (a benchmark's random one, a training run's).
 
@@ -192,6 +206,7 @@ class LocalBackend:
             share_prefix=share_prefix,
             share_prefix_min_tokens=share_prefix_min_tokens,
             cascade_decode=cascade_decode,
+            continuous=continuous,
         )
         return backend
 
@@ -206,6 +221,7 @@ class LocalBackend:
         share_prefix: bool,
         share_prefix_min_tokens: int,
         cascade_decode: bool,
+        continuous: bool,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -238,9 +254,32 @@ class LocalBackend:
         self.device = base.device
         self.stats = LocalStats()
         self._lock = threading.Lock()
+        self._continuous: ContinuousDecoder | None = None
+        self.continuous = continuous
 
     def __repr__(self) -> str:
         return f"LocalBackend(model_path={self.model_path!r}, adapters={sorted(self.adapters)})"
+
+    @property
+    def continuous(self) -> bool:
+        """Whether requests join a running decode (see ``continuous`` in the class docstring);
+        settable (a benchmark measures both on one loaded model)."""
+        return self._continuous is not None
+
+    @continuous.setter
+    def continuous(self, on: bool) -> None:
+        if on and self._continuous is None:
+            self._continuous = ContinuousDecoder(self)
+        elif not on and self._continuous is not None:
+            self._continuous.close()
+            self._continuous = None
+
+    @property
+    def concurrent_batches(self) -> int:
+        """How many calls a batcher in front should have in flight: one at a time for the
+        chunk decode (a call decodes to its end), any number when batching continuously (each
+        joins the running decode)."""
+        return self.max_batch_size if self.continuous else 1
 
     @property
     def cache_identity(self) -> dict[str, Any]:
@@ -258,11 +297,16 @@ class LocalBackend:
         return GrammarCompiler(self.tokenizer, self.vocab_size, self.stop_token_ids)
 
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        """Answer ``requests`` in a worker thread, one batch at a time (the loop stays free)."""
-        return await asyncio.to_thread(self._generate_locked, list(requests))
+        """Answer ``requests`` in a worker thread (the loop stays free): one batch at a time,
+        or, batching continuously, joining the decode that runs."""
+        if self._continuous is None:
+            return await asyncio.to_thread(self._generate_locked, list(requests))
+        futures = self._continuous.submit(list(requests))
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
     def close(self) -> None:
         """Drop the model and return its device memory."""
+        self.continuous = False
         self.__dict__.pop("model", None)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -274,24 +318,33 @@ class LocalBackend:
             return self._generate(requests)
 
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
-        results: list[Generation | None] = [None] * len(requests)
+        results, chunks = self._plan(requests)
+        for chunk in chunks:
+            for item, generation in zip(chunk, self._run_safely(chunk), strict=True):
+                results[item.index] = generation
+        return [results[index] for index in range(len(requests))]
+
+    def _plan(
+        self, requests: list[GenerationRequest]
+    ) -> tuple[dict[int, Generation], list[list[_Item]]]:
+        """The rejected requests' answers (by index), and the chunks the others decode in."""
+        rejected: dict[int, Generation] = {}
         groups: dict[tuple[float, float, int], list[_Item]] = defaultdict(list)
         for index, request in enumerate(requests):
             try:
                 item = self._check(index, request)
-            except _Rejected as rejected:
-                self.stats.errors[rejected.kind] += 1
-                results[index] = Generation(texts=[], error=str(rejected))
+            except _Rejected as error:
+                self.stats.errors[error.kind] += 1
+                rejected[index] = Generation(texts=[], error=str(error))
                 continue
             s = request.sampling
             groups[(s.temperature, s.top_p, s.max_new_tokens)].append(item)
+        chunks = []
         for items in groups.values():
             # Neighbours share prefixes: one adapter's prompts together, then by their tokens.
             items.sort(key=lambda item: (item.adapter, item.prompt))
-            for chunk in self._chunks(items):
-                for item, generation in zip(chunk, self._run_safely(chunk), strict=True):
-                    results[item.index] = generation
-        return [r for r in results if r is not None]
+            chunks += self._chunks(items)
+        return rejected, chunks
 
     def _check(self, index: int, request: GenerationRequest) -> _Item:
         """Render and validate one request; raises :class:`_Rejected` with its error."""
@@ -362,6 +415,18 @@ class LocalBackend:
     @torch.inference_mode()
     def _run_cascade(self, chunk: list[_Item]) -> list[Generation]:
         """Prefill the chunk's prompt tree, then decode all rows over the shared cache."""
+        with self._adapters_for([item.adapter for item in chunk]) as mixed:
+            cohort, ns = self._cohort(chunk, mixed is not None)
+            decode(self.model, self._base_config, cohort)
+        self.stats.decode_steps += cohort.step + 1
+        self.stats.step_rows += cohort.row_steps
+        return self._collect(chunk, ns, cohort.tokens, cohort.logprobs)
+
+    @torch.inference_mode()
+    def _cohort(self, chunk: list[_Item], names: bool) -> tuple[Cohort, list[int]]:
+        """The chunk's prompt tree prefilled (under the adapters the caller arranged) and its
+        rows ready to decode, and each request's row count. ``names``: the rows carry their
+        adapter's name (a mixed batch, or a decode shared with other chunks)."""
         sampling = chunk[0].request.sampling
         ns = [item.request.sampling.n for item in chunk]
         # Distinct prompts (adapter and all but the last token): their KV is computed once.
@@ -373,31 +438,28 @@ class LocalBackend:
         adapters = list(dict.fromkeys(item.adapter for item in chunk))
         row_items, sample_index = self._rows(chunk, ns)
         row_prompts = [p for p, n in zip(prompt_of_item, ns, strict=True) for _ in range(n)]
-        with self._adapters_for([item.adapter for item in chunk]) as mixed:
-            cascade = self._sharing().tree(
-                [(adapter, list(body)) for adapter, body in distinct],
-                adapters,
-                mixed is not None,
-            )
-            cascade.start(
-                [adapters.index(item.adapter) for item in row_items],
-                row_prompts,
-                sampling.max_new_tokens,
-            )
-            names = [item.adapter for item in row_items] if mixed else None
-            tokens, logprobs = decode(
-                self.model,
-                self._base_config,
-                cascade,
-                [item.prompt for item in row_items],
-                [item.constraint for item in row_items],
-                _seeds(row_items, sample_index),
-                [item.request.sampling.logprobs for item in row_items],
-                sampling,
-                names,
-                self.stop_token_ids,
-            )
-        return self._collect(chunk, ns, tokens, logprobs)
+        cascade = self._sharing().tree(
+            [(adapter, list(body)) for adapter, body in distinct],
+            adapters,
+            len(adapters) > 1 and isinstance(self.model, PeftModel),
+        )
+        cascade.start(
+            [adapters.index(item.adapter) for item in row_items],
+            row_prompts,
+            sampling.max_new_tokens,
+        )
+        cohort = Cohort(
+            cascade,
+            [item.prompt for item in row_items],
+            [item.constraint for item in row_items],
+            _seeds(row_items, sample_index),
+            [item.request.sampling.logprobs for item in row_items],
+            sampling,
+            [item.adapter for item in row_items] if names else None,
+            self.stop_token_ids,
+            self.device,
+        )
+        return cohort, ns
 
     # --- transformers' generate over a per-row cache (fallback and reference) -------------
 

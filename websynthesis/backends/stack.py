@@ -67,6 +67,17 @@ def build_stack(
     batcher = None
     batching = model_cfg.get("batching") or {}
     if batch and batching.get("enabled", True):
-        batcher = BatchingBackend(inner, max_batch_size=int(batching.get("max_batch_size", 64)))
+        # A wave waits for the one before it only where the backend below decodes a call to its
+        # end; one that batches continuously takes each request as it comes (streaming, see
+        # BatchingBackend). model.batching.max_concurrent says so for a server behind HTTP.
+        concurrent = batching.get("max_concurrent") or max(
+            getattr(bottom, "concurrent_batches", 1) for bottom in bottoms
+        )
+        batcher = BatchingBackend(
+            inner,
+            max_batch_size=int(batching.get("max_batch_size", 64)),
+            max_concurrent=int(concurrent),
+            stream=int(concurrent) > 1,  # a backend that takes calls as they come: per request
+        )
         inner = batcher
     return BackendStack(inner, cache, batcher, remotes)

@@ -55,10 +55,13 @@ class BatchingConfig:
     """Gathering concurrent requests into one backend call (``backends/batching.py``): with
     ``enabled``, synthesize.py's engine sends each wave's requests together, in calls of at
     most ``max_batch_size``; ``enabled=false`` (with ``search.concurrent_trees=1``) asks one
-    request at a time, as the reference did."""
+    request at a time, as the reference did. ``max_concurrent``: calls in flight at once
+    (``None``: what the backend says, one for the local chunk decode, any number for the local
+    backend batching continuously; raise it for a server that batches continuously)."""
 
     enabled: bool = True
     max_batch_size: int = 64
+    max_concurrent: int | None = None
 
 
 @dataclass
