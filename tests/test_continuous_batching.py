@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from omegaconf import DictConfig
 
 from websynthesis.backends import cascade
 from websynthesis.backends.local import LocalBackend, LocalStats
+from websynthesis.backends.prefill import PrefixCache, shared_length
 from websynthesis.backends.stack import build_stack
 from websynthesis.backends.types import Generation, GenerationRequest, Sampling, generate
 from websynthesis.data.tasks import load_tasks
@@ -107,6 +110,8 @@ def test_joining_a_running_decode_leaves_every_answer_as_the_chunk_decode_gives_
     steps = after["decode_steps"] - before["decode_steps"]
     rows = after["step_rows"] - before["step_rows"]
     assert rows / steps > 1.5  # steps carried rows of several requests
+    decoder = continuous._continuous
+    assert decoder is not None and decoder.prefixes.hits > 0  # chunk prefixes were reused
     # All at once in one call: the same answers again.
     assert answers(generate(continuous, requests)) == expected
 
@@ -215,3 +220,34 @@ def test_synthesis_batched_continuously_builds_the_trees_of_the_chunk_decode(
     assert streamed == waves
     assert sum(len(tree) for tree in waves) > 6 * 3  # the trees grew
     assert stats.joined > 0 and wave_stats.joined == 0
+
+
+@given(
+    st.lists(st.integers(0, 3), max_size=40),
+    st.lists(st.integers(0, 3), max_size=40),
+)
+def test_shared_length_is_the_common_opening(first: list[int], second: list[int]) -> None:
+    naive = next(
+        (k for k, (a, b) in enumerate(zip(first, second, strict=False)) if a != b),
+        min(len(first), len(second)),
+    )
+    assert shared_length(first, second) == naive
+
+
+def test_the_prefix_cache_hands_back_the_longest_shared_run_and_forgets_the_oldest() -> None:
+    import torch
+
+    def kv(tokens: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        keys = torch.tensor(tokens, dtype=torch.float64).view(1, 1, -1, 1)
+        return [(keys, -keys)]
+
+    cache = PrefixCache(entries=2)
+    cache.store(("a",), [1, 2, 3, 4], kv([1, 2, 3, 4]))
+    cache.store(("a",), [1, 2, 9], kv([1, 2, 9]))
+    cache.store(("b",), [1, 2, 3, 4, 5], kv([1, 2, 3, 4, 5]))  # the first entry leaves
+    length, found = cache.lookup(("a",), [1, 2, 3, 7])
+    assert length == 2 and found is not None
+    assert found[0][0].flatten().tolist() == [1.0, 2.0]
+    assert found[0][1].flatten().tolist() == [-1.0, -2.0]
+    assert cache.lookup(("b",), [1, 2, 3, 4, 5, 6])[0] == 5
+    assert cache.lookup(("c",), [1, 2]) == (0, None)

@@ -34,12 +34,18 @@ from typing import TYPE_CHECKING
 import torch
 
 from websynthesis.backends.cascade import Cascades, Cohort, cascade_attention_on, forward
+from websynthesis.backends.prefill import PrefixCache
 from websynthesis.backends.types import Generation, GenerationRequest
 
 if TYPE_CHECKING:
     from websynthesis.backends.local import LocalBackend, _Item
 
 log = logging.getLogger(__name__)
+
+# The most steps a request waits while a decode runs, however few rows it would add.
+ADMIT_AFTER_STEPS = 32
+# Chunk prefixes kept for later chunks (a 7B model's 2,000-token prefix is ~110 MB of KV).
+PREFIX_CACHE_ENTRIES = 8
 
 
 @dataclass
@@ -58,12 +64,15 @@ class Running:
 
 @dataclass
 class _Waiting:
-    chunk: list[_Item]
-    futures: list[Future[Generation]]
+    """A checked request waiting to join, its caller's future, and the step it arrived at."""
+
+    item: _Item
+    future: Future[Generation]
+    since: int
 
     @property
     def rows(self) -> int:
-        return sum(item.request.sampling.n for item in self.chunk)
+        return self.item.request.sampling.n
 
 
 class ContinuousDecoder:
@@ -77,11 +86,13 @@ class ContinuousDecoder:
     def __init__(self, backend: LocalBackend) -> None:
         self.backend = backend
         self._submitted: deque[tuple[list[GenerationRequest], list[Future[Generation]]]] = deque()
-        self._waiting: deque[_Waiting] = deque()
+        self._waiting: list[_Waiting] = []
+        self._steps = 0  # steps taken: how long a waiting request has waited
         self._running: list[Running] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.prefixes = PrefixCache(PREFIX_CACHE_ENTRIES)
 
     def submit(self, requests: list[GenerationRequest]) -> list[Future[Generation]]:
         """Queue ``requests``; each future gets its request's :class:`Generation`."""
@@ -140,44 +151,62 @@ class ContinuousDecoder:
         return True
 
     def _plan(self, requests: list[GenerationRequest], futures: list[Future[Generation]]) -> None:
-        """Check and chunk one submission as the chunk decode does; rejected ones answered."""
-        rejected, chunks = self.backend._plan(requests)
+        """Check one submission; rejected requests are answered, the others wait to join."""
+        rejected, items = self.backend._checked(requests)
         for index, generation in rejected.items():
             _answer(futures[index], generation)
-        for chunk in chunks:
-            self._waiting.append(_Waiting(chunk, [futures[item.index] for item in chunk]))
+        for item in items:
+            self._waiting.append(_Waiting(item, futures[item.index], self._steps))
 
     def _admit(self) -> None:
-        """Start waiting chunks, oldest first, while their rows fit the batch."""
+        """Start what waits, as chunks of everything waiting, while their rows fit the batch.
+
+        Not at every step: each admission is a prefill and a cohort more for every step to
+        go through (a call per layer, a grammar fill, a token choice), which costs more than
+        the rows it adds when they are few. Requests join when nothing runs, when they would
+        fill at least half the free rows, or once the oldest has waited ``ADMIT_AFTER_STEPS``.
+        """
+        waiting = [w for w in self._waiting if not w.future.cancelled()]
+        self._waiting = waiting
+        if not waiting:
+            return
         backend = self.backend
         live = sum(len(running.cohort.rows) for running in self._running)
-        while self._waiting:
-            waiting = self._waiting[0]
-            if self._running and live + waiting.rows > backend.max_batch_size:
-                return
-            self._waiting.popleft()
-            if all(future.cancelled() for future in waiting.futures):
-                continue  # nobody waits for these any more
+        free = backend.max_batch_size - live
+        rows = sum(w.rows for w in waiting)
+        oldest = min(w.since for w in waiting)
+        if self._running and not (
+            rows >= max(1, free // 2) or self._steps - oldest >= ADMIT_AFTER_STEPS
+        ):
+            return
+        of_item = {id(w.item): w for w in waiting}
+        left: list[_Waiting] = []
+        for chunk in backend._chunked([w.item for w in waiting]):
+            members = [of_item[id(item)] for item in chunk]
+            if self._running and sum(w.rows for w in members) > backend.max_batch_size - live:
+                left += members  # no room this step: they wait, keeping their arrival
+                continue
+            futures = [w.future for w in members]
             try:
-                running = self._start(waiting)
+                running = self._start(chunk, futures)
             except Exception as error:
-                log.warning("prefill of a chunk of %d failed (%r)", len(waiting.chunk), error)
-                self._rerun(waiting.chunk, waiting.futures)
+                log.warning("prefill of a chunk of %d failed (%r)", len(chunk), error)
+                self._rerun(chunk, futures)
                 continue
             if self._running:
                 backend.stats.joined += 1
             self._running.append(running)
             live += len(running.cohort.rows)
+        self._waiting = left
 
-    def _start(self, waiting: _Waiting) -> Running:
-        chunk = waiting.chunk
+    def _start(self, chunk: list[_Item], futures: list[Future[Generation]]) -> Running:
         with self.backend._adapters_for([item.adapter for item in chunk]):
             cohort, ns = self.backend._cohort(chunk, names=True)
         spans, start = [], 0
         for n in ns:
             spans.append(range(start, start + n))
             start += n
-        return Running(chunk, waiting.futures, cohort, spans)
+        return Running(chunk, futures, cohort, spans)
 
     @torch.inference_mode()
     def _step(self) -> None:
@@ -206,6 +235,7 @@ class ContinuousDecoder:
                 left = [k for k, done in enumerate(r.answered) if not done]
                 self._rerun([r.chunk[k] for k in left], [r.futures[k] for k in left])
             return
+        self._steps += 1
         backend.stats.decode_steps += 1
         backend.stats.step_rows += sum(sizes)
         for r in running:
@@ -244,9 +274,9 @@ class ContinuousDecoder:
             submitted = list(self._submitted)
             self._submitted.clear()
         futures = [f for _, fs in submitted for f in fs]
-        futures += [f for waiting in self._waiting for f in waiting.futures]
+        futures += [waiting.future for waiting in self._waiting]
         futures += [f for running in self._running for f in running.futures]
-        self._waiting.clear()
+        self._waiting = []
         self._running = []
         for future in futures:
             if not future.done():

@@ -328,23 +328,35 @@ class LocalBackend:
         self, requests: list[GenerationRequest]
     ) -> tuple[dict[int, Generation], list[list[_Item]]]:
         """The rejected requests' answers (by index), and the chunks the others decode in."""
+        rejected, items = self._checked(requests)
+        return rejected, self._chunked(items)
+
+    def _checked(
+        self, requests: list[GenerationRequest]
+    ) -> tuple[dict[int, Generation], list[_Item]]:
+        """The rejected requests' answers (by index), and the others checked."""
         rejected: dict[int, Generation] = {}
-        groups: dict[tuple[float, float, int], list[_Item]] = defaultdict(list)
+        items = []
         for index, request in enumerate(requests):
             try:
-                item = self._check(index, request)
+                items.append(self._check(index, request))
             except _Rejected as error:
                 self.stats.errors[error.kind] += 1
                 rejected[index] = Generation(texts=[], error=str(error))
-                continue
-            s = request.sampling
+        return rejected, items
+
+    def _chunked(self, items: list[_Item]) -> list[list[_Item]]:
+        """``items`` grouped by what a decode loop fixes, neighbours alike, cut into chunks."""
+        groups: dict[tuple[float, float, int], list[_Item]] = defaultdict(list)
+        for item in items:
+            s = item.request.sampling
             groups[(s.temperature, s.top_p, s.max_new_tokens)].append(item)
         chunks = []
-        for items in groups.values():
+        for group in groups.values():
             # Neighbours share prefixes: one adapter's prompts together, then by their tokens.
-            items.sort(key=lambda item: (item.adapter, item.prompt))
-            chunks += self._chunks(items)
-        return rejected, chunks
+            group.sort(key=lambda item: (item.adapter, item.prompt))
+            chunks += self._chunks(group)
+        return chunks
 
     def _check(self, index: int, request: GenerationRequest) -> _Item:
         """Render and validate one request; raises :class:`_Rejected` with its error."""
@@ -524,7 +536,10 @@ class LocalBackend:
     def _sharing(self) -> SharedPrefill:
         """The prefill under the backend's sharing settings now (a benchmark flips them)."""
         min_tokens = self.share_prefix_min_tokens if self.share_prefix else None
-        return SharedPrefill(self.model, self.device, self.tokenizer.pad_token_id, min_tokens)
+        prefixes = self._continuous.prefixes if self._continuous is not None else None
+        return SharedPrefill(
+            self.model, self.device, self.tokenizer.pad_token_id, min_tokens, prefixes
+        )
 
     @contextlib.contextmanager
     def _adapters_for(self, names: list[str]) -> Iterator[list[str] | None]:

@@ -19,7 +19,7 @@ transformers' ``generate`` takes one cache with the chunk prefix computed once
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +44,67 @@ class _Node:
     children: list[_Node]
 
 
+class PrefixCache:
+    """The KV of chunk prefixes computed before, for later chunks that open alike.
+
+    Why: batching continuously, a chunk is what arrived since the last admission, a few
+    requests, and the prefix they share with every other request of their role (the system
+    prompt and instructions: ~1,400 tokens of the tiny model's policy prompt) would be
+    prefilled again at every admission. An entry is one chunk prefix's KV under one
+    arrangement of adapters (a row per adapter); a later prefix reads the longest run of
+    tokens it shares with an entry, which is exact: under a causal mask the keys of the
+    first ``L`` tokens do not depend on what follows them. Least recently used entries go
+    first. Only the continuous decode uses it: a reused prefix was computed in a call of
+    another length, so its last bits may differ from a fresh one's, and the chunk decode
+    keeps a run's answers independent of what ran before.
+    """
+
+    def __init__(self, entries: int = 8) -> None:
+        if entries < 1:
+            raise ValueError("a prefix cache needs at least one entry")
+        self.entries = entries
+        self._store: OrderedDict[tuple[object, ...], tuple[list[int], KV]] = OrderedDict()
+        self.hits = self.tokens_reused = 0
+
+    def lookup(self, arrangement: tuple[object, ...], tokens: list[int]) -> tuple[int, KV | None]:
+        """The longest cached run ``tokens`` opens with (its length, its KV), or ``(0, None)``."""
+        best, found = 0, None
+        for key, (cached, kv) in self._store.items():
+            if key[0] != arrangement:
+                continue
+            shared = shared_length(cached, tokens)
+            if shared > best:
+                best, found = shared, (key, kv)
+        if found is None:
+            return 0, None
+        self._store.move_to_end(found[0])
+        self.hits += 1
+        self.tokens_reused += best
+        return best, [(key[:, :, :best], value[:, :, :best]) for key, value in found[1]]
+
+    def store(self, arrangement: tuple[object, ...], tokens: list[int], kv: KV) -> None:
+        key = (arrangement, tuple(tokens))
+        self._store[key] = (tokens, kv)
+        self._store.move_to_end(key)
+        while len(self._store) > self.entries:
+            self._store.popitem(last=False)
+
+
+def shared_length(first: list[int], second: list[int]) -> int:
+    """How many tokens the two lists open with alike."""
+    limit = min(len(first), len(second))
+    if first[:limit] == second[:limit]:
+        return limit
+    low, high = 0, limit  # first[:low] == second[:low], first[:high] != second[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if first[:middle] == second[:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
 class SharedPrefill:
     """The KV of a chunk's prompts as a prefix tree, each shared run computed once.
 
@@ -53,6 +114,7 @@ class SharedPrefill:
         pad_token_id: what right-pads sibling runs of unequal length.
         min_tokens: shortest shared run worth a call of its own; ``None``: share nothing
             (every prompt prefilled whole, to compare against: outputs are the same).
+        prefixes: chunk prefixes kept from earlier chunks (``None``: each chunk its own).
     """
 
     def __init__(
@@ -61,11 +123,13 @@ class SharedPrefill:
         device: torch.device,
         pad_token_id: int,
         min_tokens: int | None,
+        prefixes: PrefixCache | None = None,
     ) -> None:
         self.model = model
         self.device = device
         self.pad_token_id = pad_token_id
         self.min_tokens = min_tokens
+        self.prefixes = prefixes
 
     def tree(
         self, prompts: list[tuple[str, list[int]]], adapters: list[str], mixed: bool
@@ -80,14 +144,29 @@ class SharedPrefill:
         common = self.common_prefix(bodies)
         prefix: KV | None = None
         if common:
-            ids = torch.tensor([bodies[0][:common]] * len(adapters), device=self.device)
-            prefix = self._extend(None, 0, ids, adapters if mixed else None, [])
+            prefix = self._prefix(bodies[0][:common], adapters, mixed)
         tails = [(i, a, body[common:]) for i, (a, body) in enumerate(prompts) if body[common:]]
         rests: list[KV | None] = [None] * len(prompts)
         nodes = self._radix(tails)
         if nodes:
             self._grow(nodes, prefix, adapters, common, None, rests, mixed)
         return Cascade(prefix, rests, [len(body) - common for body in bodies])
+
+    def _prefix(self, tokens: list[int], adapters: list[str], mixed: bool) -> KV:
+        """The chunk prefix's KV, a row per adapter, from what the prefix cache has of it."""
+        arrangement = (tuple(adapters), mixed)
+        reused, kv = (
+            (0, None) if self.prefixes is None else self.prefixes.lookup(arrangement, tokens)
+        )
+        if reused < len(tokens):
+            ids = torch.tensor([tokens[reused:]] * len(adapters), device=self.device)
+            rows = list(range(len(adapters))) if kv is not None else []
+            new = self._extend(kv, reused, ids, adapters if mixed else None, rows)
+            kv = new if kv is None else _cat(kv, new)
+        assert kv is not None
+        if self.prefixes is not None:
+            self.prefixes.store(arrangement, tokens, kv)
+        return kv
 
     def common_prefix(self, bodies: list[list[int]]) -> int:
         """Tokens every body opens with, or 0 when too few to be worth a call of their own."""

@@ -7,6 +7,14 @@ problem; behind a :class:`~websynthesis.backends.batching.BatchingBackend`, the
 calls that all trees issue in the same wave (every tree's proposals, then every
 new child's world step, then every reward) become one backend batch.
 
+Each tree waits only for its own calls: its next selection starts as soon as they are
+answered. Whether a call waits for others is the backend stack's business: behind a backend
+that decodes a batch to its end, the batcher sends a wave when the one before has returned
+(the trees then move in waves, and are reproducible run to run); behind one that batches
+continuously (``LocalBackend(continuous=True)``, a vLLM server) it streams, each request
+answered as soon as it is done (``backends/batching.py``). The requests in flight are
+bounded by ``concurrent_trees * in_flight_per_tree`` iterations.
+
 ``batch=False`` with ``concurrent_trees=1`` is one request at a time, as the
 reference did (kept for comparisons and debugging).
 
