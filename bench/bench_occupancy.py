@@ -14,7 +14,8 @@ stand-in engine behind it: :class:`SimulatedEngine` admits requests between step
 ``--capacity`` rows (a request of ``n`` samples is ``n`` rows), takes one token per row per
 step, and sleeps ``step_ms + row_ms * rows`` per step (a step's cost growing with the
 batch). Answers come from a table (a policy action, the task's page, a score) so the search is
-the real one (client, world model, policy, engine over the OpenAI backend); their lengths in
+the real one (client, world model, policy, engine over the OpenAI backend; each tree's task
+its own, so no two trees send the same request); their lengths in
 tokens are drawn per request from a seeded hash (policy 24-64, world model 120-400, reward
 6-12), the spread that makes waves wait.
 
@@ -167,13 +168,15 @@ def run_mode(args: argparse.Namespace, streaming: bool) -> dict[str, Any]:
             on_tree_done=done,
         )
         start = time.perf_counter()
-        results = search.run(tasks(args.trees))
+        results = search.run(tasks(args.trees, distinct=True))
         seconds = time.perf_counter() - start
         remote.close()
     assert all(r.error is None for r in results), [r.error for r in results if r.error]
     working = [s for s in engine_sim.steps if s[2] * 2 >= args.capacity]
     expansions = sum(r.stats.expansions for r in results)
+    assert stack.batcher is not None
     return {
+        "dedup_hits": stack.batcher.stats.dedup_hits,
         "steps": len(engine_sim.steps),
         "steps_while_work_remains": len(working),
         "full_while_work_remains": sum(full for _, full, _ in working) / max(1, len(working)),

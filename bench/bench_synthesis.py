@@ -117,10 +117,12 @@ class Measured:
     trees: list[dict[str, Any]]
     requests: list[GenerationRequest]
     step_rows: float  # mean rows per decode step of the local backend (0: not measured)
+    dedup_hits: int  # requests the batcher answered with another's identical request's answer
 
     def row(self) -> dict[str, float]:
         return {
             "mean_rows_per_decode_step": self.step_rows,
+            "dedup_hits": self.dedup_hits,
             "seconds": self.seconds,
             "expansions": self.expansions,
             "nodes": self.nodes,
@@ -132,13 +134,17 @@ class Measured:
         }
 
 
-def tasks(count: int) -> list[TreeTask[WebState]]:
-    """``count`` demo tasks under distinct ids (so distinct tree seeds)."""
+def tasks(count: int, distinct: bool = False) -> list[TreeTask[WebState]]:
+    """``count`` demo tasks under distinct ids (so distinct tree seeds); ``distinct``: each
+    intent marked with its copy's number too, so that no two trees send the same prompt
+    (copies of one task otherwise ask the world model the same step, which a batch answers
+    once)."""
     demo = load_tasks("demo")
     work = []
     for i in range(count):
         task = demo[i % len(demo)]
-        task = replace(task, task_id=f"{task.task_id}#{i}")
+        intent = f"{task.intent} (copy {i})" if distinct else task.intent
+        task = replace(task, task_id=f"{task.task_id}#{i}", intent=intent)
         state = WebState(task.task_id, parse_axtree(task.state or ""))
         work.append(TreeTask(task.task_id, state, Goal.from_task(task)))
     return work
@@ -180,6 +186,7 @@ def search(cfg: DictConfig, model: Backend, work: list[TreeTask[WebState]]) -> M
         trees=[_shape(r) for r in results],
         requests=recorder.requests,
         step_rows=rows / steps if steps else 0.0,
+        dedup_hits=batcher.stats.dedup_hits if batcher else 0,
     )
 
 

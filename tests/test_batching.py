@@ -341,3 +341,43 @@ def test_streaming_answers_each_caller_when_its_own_request_returns() -> None:
     assert answers[2].cached and answers[2].completion_tokens == 0  # the copy is not charged
     assert (answers[3].error or "").startswith("batch_error: RuntimeError: boom")
     assert backend.stats.batches == 1 and backend.stats.dedup_hits == 1
+
+
+def test_a_request_already_in_flight_is_not_sent_again() -> None:
+    """A later wave's request identical to one an earlier wave sent and still waits for
+    shares that answer (the streaming case: waves no longer wait for each other)."""
+    inner = Timed()
+    backend = BatchingBackend(inner, stream=True, max_concurrent=8)
+
+    async def main() -> list[Generation]:
+        first = asyncio.ensure_future(one(backend, "p" * 20, temperature=0.0))
+        await asyncio.sleep(0.05)  # the first wave is with the backend
+        later = asyncio.gather(
+            one(backend, "p" * 20, temperature=0.0), one(backend, "q", temperature=0.0)
+        )
+        return [await first, *await later]
+
+    answers = asyncio.run(main())
+    assert [a.texts for a in answers] == [["p" * 20], ["p" * 20], ["q"]]
+    assert sorted(map(tuple, inner.calls)) == [("p" * 20,), ("q",)]
+    assert answers[1].cached and backend.stats.dedup_hits == 1
+    assert backend.stats.batches == 2 and backend._inflight == {}
+
+
+def test_a_batch_finishing_leaves_a_later_batch_s_same_request_in_flight() -> None:
+    """Batch A's ``k`` is answered, batch B sends ``k`` again, then A ends (its long request
+    done): B's ``k`` is still B's to answer."""
+    inner = Timed()
+    backend = BatchingBackend(inner, stream=True, max_concurrent=8)
+
+    async def main() -> list[Generation]:
+        first = asyncio.gather(
+            one(backend, "k" * 20, temperature=0.0), one(backend, "L" * 30, temperature=0.0)
+        )
+        await asyncio.sleep(0.25)  # A's k answered at 0.2 s, its L runs until 0.3 s
+        again = asyncio.ensure_future(one(backend, "k" * 20, temperature=0.0))
+        return [*await first, await asyncio.wait_for(again, timeout=5)]
+
+    answers = asyncio.run(main())
+    assert [a.texts for a in answers] == [["k" * 20], ["L" * 30], ["k" * 20]]
+    assert len(inner.calls) == 3 and backend._inflight == {}

@@ -17,36 +17,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from omegaconf import DictConfig
+from test_local_backend import PROMPTS, ask  # tests/ is on sys.path
 
 from websynthesis.backends import cascade
 from websynthesis.backends.local import LocalBackend, LocalStats
 from websynthesis.backends.prefill import PrefixCache, shared_length
 from websynthesis.backends.stack import build_stack
-from websynthesis.backends.types import Generation, GenerationRequest, Sampling, generate
+from websynthesis.backends.types import Generation, GenerationRequest, generate
 from websynthesis.data.tasks import load_tasks
 from websynthesis.roles.client import ModelClient
 from websynthesis.roles.grammar import action_grammar
 from websynthesis.search import EngineSettings, SearchEngine, SearchSettings, TreeTask
 from websynthesis.synthesis import Goal, ModelWorld, WebSearchPolicy, WebState
 from websynthesis.web.observation import parse_axtree
-
-PROMPTS = [
-    "Hi.",
-    "Click the search box and type the product name.",
-    "What is the price of the HP Inkjet Fax Machine? Look at the product page and answer "
-    "with the exact price shown, including the currency sign.",
-    "Go back.",
-]
-
-
-def ask(text: str, model: str | None = None, grammar: str | None = None, **sampling: object):
-    sampling.setdefault("max_new_tokens", 8)
-    return GenerationRequest(
-        messages=({"role": "user", "content": text},),
-        sampling=Sampling(**sampling),  # type: ignore[arg-type]
-        model=model,
-        grammar=grammar,
-    )
 
 
 def mixture() -> list[GenerationRequest]:

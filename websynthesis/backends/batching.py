@@ -30,7 +30,8 @@ take more (raise ``max_concurrent``).
 larger wave is sent in several calls, oldest requests first.
 
 **Dedup.** Identical requests in one batch are generated once and the answer is
-copied to each caller; the copies carry ``cached=True`` and zero token counts,
+copied to each caller (as is a request identical to one an earlier batch sent and is still
+waiting for: it is not sent again); the copies carry ``cached=True`` and zero token counts,
 since nothing was spent for them (the response cache's convention). Only
 repeatable requests are merged: greedy (``temperature == 0``) or seeded ones.
 Two identical unseeded sampled requests ask for two *different* samples and are
@@ -131,6 +132,8 @@ class BatchingBackend:
         self._window: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Requests sent and not yet answered, by key: the callers each answer goes to.
+        self._inflight: dict[str, list[asyncio.Future[Generation]]] = {}
         self._unique = itertools.count()
 
     def __repr__(self) -> str:
@@ -234,35 +237,32 @@ class BatchingBackend:
         return batch
 
     async def _send(self, batch: list[_Waiter]) -> None:
-        unique: list[GenerationRequest] = []
-        index_of: dict[str, int] = {}
-        slots: list[int] = []
-        for request, _, key, _ in batch:
-            if key not in index_of:
-                index_of[key] = len(unique)
-                unique.append(request)
-            slots.append(index_of[key])
+        # Each distinct request once; one already on its way (sent by an earlier batch still
+        # in flight) is not sent again: its callers wait for that answer.
+        unique: list[tuple[str, GenerationRequest]] = []
+        inflight = self._inflight
+        mine: dict[str, list[asyncio.Future[Generation]]] = {}
+        for request, future, key, _ in batch:
+            if key not in inflight:
+                inflight[key] = mine[key] = []
+                unique.append((key, request))
+            inflight[key].append(future)
         stats = self.stats
         stats.batches += 1
         stats.sent += len(unique)
         stats.dedup_hits += len(batch) - len(unique)
         stats.largest_batch = max(stats.largest_batch, len(unique))
-        waiting: list[list[asyncio.Future[Generation]]] = [[] for _ in unique]
-        for (_, future, _, _), slot in zip(batch, slots, strict=True):
-            waiting[slot].append(future)
         try:
             if self.stream:  # each its own call, all at once: each answered when it returns
-                await asyncio.gather(
-                    *(
-                        self._answer_one(r, futures)
-                        for r, futures in zip(unique, waiting, strict=True)
-                    )
-                )
-            else:
-                answers = await self._call(unique)
-                for answer, futures in zip(answers, waiting, strict=True):
-                    _deliver(answer, futures)
+                await asyncio.gather(*(self._answer_one(key, r) for key, r in unique))
+            elif unique:
+                answers = await self._call([request for _, request in unique])
+                for (key, _), answer in zip(unique, answers, strict=True):
+                    _deliver(answer, inflight.pop(key))
         finally:
+            for key, futures in mine.items():  # cancelled: nobody is answered any more
+                if inflight.get(key) is futures:  # not a later batch's same request
+                    del inflight[key]
             self._running -= 1
             if self._queue:
                 self._arm(asyncio.get_running_loop())
@@ -289,11 +289,9 @@ class BatchingBackend:
             ensure_ascii=False,
         )
 
-    async def _answer_one(
-        self, request: GenerationRequest, futures: list[asyncio.Future[Generation]]
-    ) -> None:
+    async def _answer_one(self, key: str, request: GenerationRequest) -> None:
         (answer,) = await self._call([request])
-        _deliver(answer, futures)
+        _deliver(answer, self._inflight.pop(key))
 
     async def _call(self, requests: list[GenerationRequest]) -> list[Generation]:
         """The inner call, with every failure turned into per-request errors."""

@@ -4,9 +4,13 @@ Why: decoding a chunk runs until its longest row ends (a world-model page of hun
 of tokens), and requests that arrive meanwhile wait for the whole chunk; the last steps of
 every chunk then run with a few rows while the model could take the full batch almost as
 fast. Here a worker thread owns the model's decode loop and, between two steps, admits
-what has arrived: a new chunk is prefilled (its shared prefixes once, as in the chunk
-decode) and its rows decode from the next step on in the same forward as the rows already
-running; a request is answered as soon as its own rows end, not when its chunk does.
+what has arrived: the requests waiting are cut into chunks as the chunk decode cuts a call,
+each chunk is prefilled (its shared prefixes once, and what it shares with earlier chunks'
+prefixes read from a :class:`~websynthesis.backends.prefill.PrefixCache`), and its rows
+decode from the next step on in the same forward as the rows already running; a request is
+answered as soon as its own rows end, not when its chunk does. Admission keeps a cadence
+(see :meth:`ContinuousDecoder._admit`): every chunk running is a prefill and a cohort more
+per step, which costs more than a few rows gain.
 
 What stays the chunk decode's: a chunk is a :class:`~websynthesis.backends.cascade.Cohort`
 over its own :class:`~websynthesis.backends.cascade.Cascade` (its sampling, grammars,
