@@ -35,6 +35,9 @@ Sample ``j`` of a request with seed ``s`` depends only on the model, the request
 
 A failing chunk (out of memory, a kernel error) is retried request by request,
 so one bad request fails alone; ``stats`` counts errors by kind.
+
+With ``continuous=True`` the chunks do not run call by call: a worker thread keeps one decode
+running and chunks join it between steps (:mod:`~websynthesis.backends.continuous`).
 """
 
 from __future__ import annotations
