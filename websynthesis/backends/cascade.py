@@ -52,7 +52,6 @@ def decode(model: torch.nn.Module, config: PretrainedConfig, cohort: Cohort) -> 
     runs; the tokens (and logprobs) are the cohort's."""
     with cascade_attention_on(config):
         while not cohort.finished:
-            cohort.cascade.step = cohort.step
             cohort.advance(
                 forward(model, cohort.ids, cohort.positions, cohort.cascade, cohort.names)
             )
@@ -124,7 +123,8 @@ class Cohort:
         self.ids = torch.tensor([prompt[-1] for prompt in prompts], device=device)
         self.positions = torch.tensor([len(prompt) - 1 for prompt in prompts], device=device)
         self.last: list[int] | None = None
-        self.step = 0
+        self.step = 0  # the cascade's too: the cohort keeps them equal
+        cascade.step = 0
         self.row_steps = 0  # rows carried, summed over the steps taken
         self.finished = False
 
@@ -158,6 +158,7 @@ class Cohort:
             self.last = [last[k] for k in keep]
             self.names = [self.names[k] for k in keep] if self.names else None
         self.step += 1
+        self.cascade.step = self.step  # where the next step's own keys go
 
 
 @contextlib.contextmanager

@@ -218,8 +218,6 @@ class ContinuousDecoder:
         backend = self.backend
         running = self._running
         cohorts = [r.cohort for r in running]
-        for cohort in cohorts:
-            cohort.cascade.step = cohort.step
         ids = torch.cat([cohort.ids for cohort in cohorts])
         positions = torch.cat([cohort.positions for cohort in cohorts])
         sizes = [len(cohort.rows) for cohort in cohorts]
