@@ -138,7 +138,7 @@ class Soak:
         self.token = secrets.token_hex(16)
         self.tasks = tasks_file(work / "tasks.jsonl", args.tasks)
         self.startup_s = 10.0  # the process's start (imports, Hydra, tasks): from the reference
-        self.first_tree_s: float | None = None  # the reference's first process, to a tree
+        self.tree_s: list[float] = []  # the reference's first process: when each tree landed
 
     def command(
         self, url: str, run_dir: Path, sabotage: str | None = None, extra: tuple[str, ...] = ()
@@ -192,10 +192,12 @@ class Soak:
                 remaining = self.args.tasks - trees_written(run_dir)
                 delay = self.rng.uniform(0.15, 0.85) * (self.startup_s + remaining * pace_s)
                 deadline = started + delay
+            timing = pace_s is None and not run.attempts and not self.tree_s
             while process.poll() is None:
                 now = time.monotonic()
-                if self.first_tree_s is None and trees_written(run_dir) > 0:
-                    self.first_tree_s = now - started
+                if timing:
+                    landed = trees_written(run_dir) - len(self.tree_s)
+                    self.tree_s += [now - started] * max(0, landed)
                 if deadline is not None and now >= deadline:
                     os.kill(process.pid, signal.SIGKILL)
                     killed = True
@@ -210,6 +212,20 @@ class Soak:
             )
             if not killed:
                 return run
+
+
+def reference_pace(tree_s: list[float], wall_s: float, tasks: int) -> tuple[float, float]:
+    """A tree's time and the process's start in the reference, from when its trees landed.
+
+    The start is what comes before the first tree less one tree's time; a tree's time is the
+    gap between the first and the last tree (the whole wall over the tasks would count the
+    start in every tree, and a kill drawn from it could fall after the run's end)."""
+    if len(tree_s) >= 2:
+        pace = (tree_s[-1] - tree_s[0]) / (len(tree_s) - 1)
+    else:
+        pace = wall_s / (2 * tasks)
+    first = tree_s[0] if tree_s else wall_s / 2
+    return pace, max(1.0, first - pace)
 
 
 def canonical_trees(run_dir: Path) -> dict[str, str]:
@@ -297,9 +313,7 @@ def soak_synthesis(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any]
         reference = soak.run(url, work / "reference", kills=0, pace_s=None)
         if reference.attempts[-1].returncode != 0:
             return {}, [f"the reference run failed (log: {work / 'reference'}.log)"]
-        pace = reference.wall_s / args.tasks
-        if soak.first_tree_s is not None:
-            soak.startup_s = max(1.0, soak.first_tree_s - pace)
+        pace, soak.startup_s = reference_pace(soak.tree_s, reference.wall_s, args.tasks)
         malformed_reference = soak.faults.injected["malformed"]
         soak.faults.injected.clear()
         soak.faults.chaos(
