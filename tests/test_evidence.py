@@ -253,6 +253,10 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
     episodes(seed / "eval_wmla", set(range(1000, 1009)))
     (seed / "train_textui_bc_imagined").mkdir(parents=True)
     (seed / "train_textui_bc_imagined" / "skipped.json").write_text("{}")
+    write_lines(seed / "train_bc_imagined_valuable" / "same_as.json", [{"arm": "bc_imagined"}])
+    stats = {"examples": {"valuable": 7, "rollback": 0,
+                          "dropped": {"rollback/skipped_go_back_undeclared": 3}}}  # fmt: skip
+    write_lines(seed / "imagined_search" / "stats.json", [stats])  # one line: a JSON file
     (seed / "real_data").mkdir()
     (seed / "real_data" / "budget.json").write_text(json.dumps({"budget": 90, "real_steps": 88}))
     (tmp_path / "state.json").write_text(json.dumps(
@@ -279,6 +283,13 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
         "imagined_successes": 0, "reproduced": 0, "tasks": {}, "measured": False
     }  # fmt: skip
     assert found["pipeline_seed_runs"]["0"]["real_steps"]["bc_imagined"] == 88
+    assert found["arms"]["bc_imagined_valuable"]["same_data_as"] == "bc_imagined"
+    assert found["arms"]["bc_live"]["same_data_as"] is None
+    assert found["pipeline_seed_runs"]["0"]["trajectories"] == {
+        "live_search": None,  # no stats.json: not searched
+        "imagined_search": {"valuable": 7, "rollback": 0,
+                            "dropped": {"rollback/skipped_go_back_undeclared": 3}},
+    }  # fmt: skip
     for key in ("tasks", "train_seeds", "eval_seeds", "wall_time_min", "world_model", "rounds"):
         assert key in found
     shown = {goal.name: goal.holds for goal in goals(found)}
@@ -290,6 +301,8 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
     )
     assert "| BC on live-MCTS trajectories (`bc_live`) | 8/10 | 80.0 %" in page
     assert "(no data: untrained)" in page
+    assert "(`bc_imagined_valuable`) (= `bc_imagined`: the same training data) | 7/10" in page
+    assert "| 0 | imagined_search | 7 | 0 | rollback/skipped_go_back_undeclared 3 |" in page
     assert "| reward model | 0.750 | [0.600, 0.900] | 0.700 (10) |" in page
     assert "| constant score | 0.500 | - | 0.500 (10) |" in page
     assert found["stage_minutes"] == {"untrained": 2.0, "seed_0/eval_bc_live": 1.0,

@@ -136,6 +136,7 @@ def markdown(results: dict[str, Any], *, command: str, machine: str, plots: dict
     if "success" in plots:
         lines += ["", f"![success per arm]({plots['success']})"]
     lines += ["", "## Headline arms per pipeline seed", "", _seed_table(results), ""]
+    lines += ["## Trajectories the searches gave", "", _trajectory_table(results), ""]
     lines += ["## Imagined successes replayed in the browser", "", _reproduction_table(results)]
     lines += ["", "## World model against copying the page (held-out steps)", ""]
     lines += [_world_table(results)]
@@ -161,6 +162,8 @@ def _arms_table(results: dict[str, Any]) -> str:
         note = (
             " (not run yet)"
             if not row.get("evaluated", True)
+            else f" (= `{row['same_data_as']}`: the same training data)"
+            if row.get("same_data_as")
             else ""
             if row.get("trained", True) or arm in ("untrained", "random_click")
             else " (no data: untrained)"
@@ -188,6 +191,19 @@ def _seed_table(results: dict[str, Any]) -> str:
             f"| {_p(vs and vs['p_value'])} | {steps.get('bc_live')} / {steps.get('bc_imagined')} "
             f"| {steps.get('explore_episodes_kept')} ({steps.get('explore_successes')}) |"
         )
+    return "\n".join(rows)
+
+
+def _trajectory_table(results: dict[str, Any]) -> str:
+    rows = ["| seed | search | valuable | rollback | left out |", "| --- | --- | --- | --- | --- |"]
+    for seed, run in results.get("pipeline_seed_runs", {}).items():
+        for search, found in (run.get("trajectories") or {}).items():
+            if found is None:
+                continue
+            dropped = ", ".join(f"{k} {n}" for k, n in sorted(found["dropped"].items())) or "-"
+            rows.append(
+                f"| {seed} | {search} | {found['valuable']} | {found['rollback']} | {dropped} |"
+            )
     return "\n".join(rows)
 
 

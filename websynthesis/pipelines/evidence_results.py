@@ -87,8 +87,13 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
         arms[arm] = rate.to_dict() | {"trained": trained(arm, first), "evaluated": bool(found)}
         data = ALIASES.get(arm, str(cfg.wmla.arm) if arm == "wmla" else arm)
         if data in POLICY_DATA:
-            path = out / f"seed_{first}" / f"train_{data}" / "policy_data.json"
-            arms[arm]["training_examples"] = read_json(path, {}).get("examples")
+            train_dir = out / f"seed_{first}" / f"train_{data}"
+            arms[arm]["training_examples"] = read_json(train_dir / "policy_data.json", {}).get(
+                "examples"
+            )
+            # trained on byte-identical data to an earlier arm: that arm's adapter and episodes
+            same = read_json(train_dir / "same_as.json", None)
+            arms[arm]["same_data_as"] = None if same is None else same["arm"]
     untrained = outcomes["untrained"]
     paired: dict[str, Any] = {}
     for arm in ARMS:
@@ -112,6 +117,10 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
             out / f"seed_{seed}" / "reproduce" / "reproduction.json", None
         )
         row["real_steps"] = _real_steps(out / f"seed_{seed}")
+        row["trajectories"] = {
+            search: _trajectories(out / f"seed_{seed}" / search / "stats.json")
+            for search in ("live_search", "imagined_search")
+        }
         per_seed[str(seed)] = row
     if outcomes["bc_live"] and outcomes["bc_imagined"]:
         paired["bc_imagined_vs_bc_live"] = mcnemar(
@@ -167,6 +176,19 @@ def _real_steps(seed_dir: Path) -> dict[str, Any]:
         "explore_episodes_kept": budget.get("episodes"),
         "explore_episodes_left_out": budget.get("left_out"),
         "explore_successes": budget.get("successes"),
+    }
+
+
+def _trajectories(stats: Path) -> dict[str, Any] | None:
+    """What a search's extraction kept (valuable, rollback) and what it left out, and why
+    (e.g. every rollback where the environment declares no ``go_back``)."""
+    examples = read_json(stats, {}).get("examples")
+    if examples is None:
+        return None
+    return {
+        "valuable": examples.get("valuable", 0),
+        "rollback": examples.get("rollback", 0),
+        "dropped": examples.get("dropped", {}),
     }
 
 
