@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 
 from websynthesis.backends.types import Generation, GenerationRequest
+from websynthesis.data.transitions import Transition
 from websynthesis.evaluation.fidelity import (
     evaluate_fidelity,
+    fidelity_report,
     id_preservation,
     load_transitions,
     score_prediction,
 )
 from websynthesis.roles.client import ModelClient, Role, RoleSettings
+from websynthesis.web.actions import parse_action
 from websynthesis.web.observation import AXTree, parse_axtree
 
 BEFORE = (
@@ -116,3 +119,25 @@ def test_report_on_a_file_with_the_baseline_and_failures(tmp_path: Path) -> None
     assert copy["change_f1"] == 0.0 and copy["str_valid"] == 1.0
     assert report["failures"] == {"no_tree": 1} and report["no_prediction"] == 1
     assert load_transitions(path, limit=1)[0] == transitions[:1]
+
+
+def test_the_report_splits_steps_that_changed_the_page_from_those_that_did_not() -> None:
+    """Inventing a change on a page that stayed is told apart from missing a real one."""
+    click, typed = parse_action("click [4]"), parse_action("type [2] [cats] [1]")
+    transitions = [
+        Transition(BEFORE, click, BEFORE),  # nothing changed; the model invents the results
+        Transition(BEFORE, click, BEFORE),  # nothing changed; the model keeps the page
+        Transition(BEFORE, typed, AFTER),  # changed; the model gets it right
+        Transition(BEFORE, typed, AFTER),  # changed; no prediction
+    ]
+    predictions = [parse_axtree(AFTER), parse_axtree(BEFORE), parse_axtree(PERFECT), None]
+    report = fidelity_report(transitions, predictions)
+    assert report["by_change"] == {
+        "unchanged": {"n": 2, "model_change_f1": 0.5},
+        "changed": {"n": 2, "model_change_f1": 0.5},
+    }
+    assert report["by_action"]["click"]["by_change"]["changed"] == {
+        "n": 0,
+        "model_change_f1": None,
+    }
+    assert report["copy_baseline"]["change_f1"] == 0.5  # 1 on the two that stayed, 0 elsewhere

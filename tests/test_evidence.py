@@ -257,6 +257,7 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
     stats = {"examples": {"valuable": 7, "rollback": 0,
                           "dropped": {"rollback/skipped_go_back_undeclared": 3}}}  # fmt: skip
     write_lines(seed / "imagined_search" / "stats.json", [stats])  # one line: a JSON file
+    write_lines(seed / "fidelity" / "fidelity.json", [FIDELITY])
     (seed / "real_data").mkdir()
     (seed / "real_data" / "budget.json").write_text(json.dumps({"budget": 90, "real_steps": 88}))
     (tmp_path / "state.json").write_text(json.dumps(
@@ -304,6 +305,7 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
     assert "(`bc_imagined_valuable`) (= `bc_imagined`: the same training data) | 7/10" in page
     assert "| 0 | imagined_search | 7 | 0 | rollback/skipped_go_back_undeclared 3 |" in page
     assert "| reward model | 0.750 | [0.600, 0.900] | 0.700 (10) |" in page
+    assert "| click | 10 | 0.300 | 0.400 | -0.100 | 0.900 / 0.950 | 0.500 (4) | 0.167 (6) |" in page
     assert "| constant score | 0.500 | - | 0.500 (10) |" in page
     assert found["stage_minutes"] == {"untrained": 2.0, "seed_0/eval_bc_live": 1.0,
                                       "seed_0/live_search": 5.0}  # fmt: skip
@@ -355,3 +357,13 @@ def test_the_full_profile_runs_the_task_suite() -> None:
 
     full = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/evidence/full.yaml")
     assert list(full.tasks) == suite_names()
+
+
+def _fidelity_row(change_f1: float, copy_f1: float) -> dict[str, Any]:
+    return {"model": {"change_f1": change_f1, "transitions": 10, "f1_content": 0.9},
+            "copy_baseline": {"change_f1": copy_f1, "f1_content": 0.95},
+            "by_change": {"unchanged": {"n": 4, "model_change_f1": 0.5},
+                          "changed": {"n": 6, "model_change_f1": 1 / 6}}}  # fmt: skip
+
+
+FIDELITY = _fidelity_row(0.3, 0.4) | {"by_action": {"click": _fidelity_row(0.3, 0.4)}}

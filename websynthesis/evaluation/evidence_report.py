@@ -221,16 +221,22 @@ def _world_table(results: dict[str, Any]) -> str:
     world = results.get("world_model") or {}
     if not world:
         return "No fidelity measured."
-    rows = ["| action | n | change F1 model | copy | model - copy (95 %) | page F1 model / copy |",
-            "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    rows = ["| action | n | change F1 model | copy | model - copy (95 %) | page F1 model / copy "
+            "| page stayed: kept (n) | page changed: change F1 (n) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for kind, row in world.items():
         diff = (row.get("ci95") or {}).get("model_minus_copy")
         shown = f"{row['model'] - row['copy']:+.3f}" + (
             f" [{diff[0]:+.3f}, {diff[1]:+.3f}]" if diff else ""
         )
+        split = row.get("by_change") or {}
+        stayed, changed = (
+            f"{_f(part.get('model_change_f1'))} ({part.get('n')})" if part else "-"
+            for part in (split.get("unchanged"), split.get("changed"))
+        )
         rows.append(
             f"| {kind} | {row['n']} | {row['model']:.3f} | {row['copy']:.3f} | {shown} "
-            f"| {row['page_f1_model']:.3f} / {row['page_f1_copy']:.3f} |"
+            f"| {row['page_f1_model']:.3f} / {row['page_f1_copy']:.3f} | {stayed} | {changed} |"
         )
     return "\n".join(rows)
 

@@ -14,7 +14,9 @@ page, and the prediction is scored against the real one:
   matching is quadratic on 16k-character pages).
 
 The baseline predicts the current page unchanged, on the same transitions: a model that does
-not beat it on ``change_f1`` has learnt to copy. A prediction with no tree in it scores 0
+not beat it on ``change_f1`` has learnt to copy. ``by_change`` splits the model's
+``change_f1`` between the steps that left the page as it was and those that changed it, which
+tells a model that invents changes from one that misses them. A prediction with no tree in it scores 0
 everywhere and is counted by failure kind; a malformed tree is scored as read (``str_valid``
 0).
 """
@@ -157,6 +159,7 @@ def fidelity_report(
             "change_f1_ci95": _change_f1_intervals(
                 [model[i] for i in indices], [baseline[i] for i in indices]
             ),
+            "by_change": _by_change([model[i] for i in indices], [baseline[i] for i in indices]),
         }
         for kind, indices in sorted(kinds.items())
     }
@@ -164,7 +167,25 @@ def fidelity_report(
         "model": aggregate(model),
         "copy_baseline": aggregate(baseline),
         "change_f1_ci95": _change_f1_intervals(model, baseline),
+        "by_change": _by_change(model, baseline),
         "by_action": by_action,
+    }
+
+
+def _by_change(
+    model: Sequence[FidelityScores], baseline: Sequence[FidelityScores]
+) -> dict[str, dict[str, Any]]:
+    """The model's change F1 apart on the steps that left the page as it was and on those
+    that changed it: on the first it is the share of pages the model kept unchanged (copying
+    scores 1 there), on the second how much of the real change it predicted (copying scores
+    0). Which of the two the model loses on says whether it invents changes or misses them.
+    Copying's change F1 is 1 exactly where the real change is empty, which is the split."""
+    split: dict[str, list[float]] = {"unchanged": [], "changed": []}
+    for ours, copied in zip(model, baseline, strict=True):
+        split["unchanged" if copied.change_f1 == 1.0 else "changed"].append(ours.change_f1)
+    return {
+        name: {"n": len(values), "model_change_f1": sum(values) / len(values) if values else None}
+        for name, values in split.items()
     }
 
 

@@ -211,6 +211,9 @@ def _kind_row(row: dict[str, Any]) -> dict[str, Any]:
         "ci95": row.get("change_f1_ci95"),
         "page_f1_model": row["model"]["f1_content"],
         "page_f1_copy": row["copy_baseline"]["f1_content"],
+        # the model apart on steps that left the page as it was and on those that changed it
+        # (absent from a fidelity.json written before the split was measured)
+        "by_change": row.get("by_change"),
     }
 
 
