@@ -338,3 +338,30 @@ def test_a_killed_run_resumes_at_the_stage_it_was_in(tmp_path: Path) -> None:
     assert sorted(metrics["rounds"]) == ["0", "1", "2"]
     done = json.loads((tmp_path / "state.json").read_text())["done"]
     assert len(done) == len(set(done)) == len(ROUND_ZERO) + 2 * len(LATER_ROUNDS)
+
+
+def test_round_zeros_baseline_and_search_can_be_handed_over_by_another_run(
+    tmp_path: Path,
+) -> None:
+    """The learning evidence already ran round 0's baseline and live search as the same jobs:
+    they are copied in (and say from where), not run again; the rest runs as ever."""
+    done = {stage: tmp_path / "elsewhere" / stage for stage in ("untrained", "live_search")}
+    for path in done.values():
+        (path / "trajectories").mkdir(parents=True)
+        (path / "trajectories" / "valuable.jsonl").write_text("{}\n", encoding="utf-8")
+    reuse = {"round_0/baseline": str(done["untrained"]), "round_0/search": str(done["live_search"])}
+    out = tmp_path / "run"
+    cfg = coevolve_cfg(paths={"output_dir": str(out)}, rounds=1, logger={}, reuse=reuse)
+    calls: list[str] = []
+    RecordingRun(cfg, calls).run()
+    assert calls == [f"round_0/{s}" for s in ROUND_ZERO if s not in ("baseline", "search")] + [
+        f"round_1/{stage}" for stage in LATER_ROUNDS
+    ]
+    copied = out / "round_0" / "search"
+    assert (copied / "trajectories" / "valuable.jsonl").read_text() == "{}\n"
+    assert json.loads((copied / "reused.json").read_text()) == {"from": str(done["live_search"])}
+    assert "round_0/baseline" in json.loads((out / "state.json").read_text())["done"]
+    with pytest.raises(ValueError, match=r"reuse: \['round_1/policy'\]"):
+        CoEvolution(coevolve_cfg(reuse={"round_1/policy": str(tmp_path)}))
+    with pytest.raises(ValueError, match=r"reuse\.round_0/search: .* is not a directory"):
+        CoEvolution(coevolve_cfg(reuse={"round_0/search": str(tmp_path / "missing")}))

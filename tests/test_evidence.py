@@ -359,6 +359,43 @@ def test_the_full_profile_runs_the_task_suite() -> None:
     assert list(full.tasks) == suite_names()
 
 
+def test_coevolution_copies_round_zeros_jobs_the_evidence_already_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 0's baseline is the untrained arm and its search the first seed's live search
+    (the same jobs: attempts included); a stage not finished here is run there."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from websynthesis.config import register_configs
+    from websynthesis.pipelines import coevolve
+    from websynthesis.pipelines.evidence import Evidence
+
+    seen: list[Any] = []
+    monkeypatch.setattr(coevolve, "run", seen.append)
+    register_configs()
+    GlobalHydra.instance().clear()
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(
+            config_name="learning_evidence",
+            overrides=["evidence=mini", f"paths.output_dir={tmp_path}", "eval_attempts=2"],
+        )
+        evidence = Evidence(cfg)
+        evidence.stages.done += ["untrained", "seed_0/live_search"]
+        evidence._coevolve(tmp_path / "coevolve")
+        evidence.stages.done.remove("seed_0/live_search")
+        evidence._coevolve(tmp_path / "coevolve")
+    GlobalHydra.instance().clear()
+    both, one = seen
+    assert dict(both.reuse) == {
+        "round_0/baseline": str(tmp_path / "untrained"),
+        "round_0/search": str(tmp_path / "seed_0" / "live_search"),
+    }
+    assert dict(one.reuse) == {"round_0/baseline": str(tmp_path / "untrained")}
+    assert both.overrides.evaluate[0] == "eval.attempts=2"
+
+
 def _fidelity_row(change_f1: float, copy_f1: float) -> dict[str, Any]:
     return {"model": {"change_f1": change_f1, "transitions": 10, "f1_content": 0.9},
             "copy_baseline": {"change_f1": copy_f1, "f1_content": 0.95},

@@ -55,8 +55,10 @@ class CoevolveConfig:
     ``mcts``: round 0 searches the training instances live (else it is the baseline alone);
     ``search_trajectories``: the round-0 search's kinds the policy learns from.
     ``warm_start``: which models later rounds continue rather than retrain from scratch.
-    ``overrides`` are Hydra overrides of the stage jobs (train.py, synthesize.py and
-    evaluate.py configs).
+    ``reuse``: stages (``round_0/baseline``, ``round_0/search``) that another run already ran
+    as the same job, by their finished dir (copied, not run again: the learning evidence's
+    untrained arm and live search). ``overrides`` are Hydra overrides of the stage jobs
+    (train.py, synthesize.py and evaluate.py configs).
     """
 
     task_name: str = "coevolve"
@@ -74,6 +76,7 @@ class CoevolveConfig:
     search_trajectories: list[str] = field(default_factory=lambda: ["valuable", "rollback"])
     imagine: ImagineConfig = field(default_factory=ImagineConfig)
     warm_start: WarmStart = field(default_factory=WarmStart)
+    reuse: dict[str, str] = field(default_factory=dict)
     overrides: StageOverrides = field(default_factory=StageOverrides)
 
 

@@ -15,11 +15,10 @@ page, and the prediction is scored against the real one:
 
 The baseline predicts the current page unchanged, on the same transitions: a model that does
 not beat it on ``change_f1`` has learnt to copy. ``by_change`` splits the model's
-``change_f1`` between the steps that left the page as it was and those that changed it, which
-tells a model that invents changes from one that misses them. A prediction with no tree in it scores 0
-everywhere and is counted by failure kind; a malformed tree is scored as read (``str_valid``
-0).
-"""
+``change_f1`` between the steps that left the page as it was and those that changed it,
+which tells a model that invents changes from one that misses them. A prediction with no tree
+in it scores 0 everywhere and is counted by failure kind; a malformed tree is scored as read
+(``str_valid`` 0)."""
 
 from __future__ import annotations
 

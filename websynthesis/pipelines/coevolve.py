@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 
 ROUND_ZERO = ("baseline", "search", "policy", "world_model", "fidelity", "evaluate")
 LATER_ROUNDS = ("sample", "policy", "world_model", "imagine", "fidelity", "evaluate")
+# What another run can hand over (``reuse``): the stages that depend on no adapter of this
+# run, so the same job elsewhere gave the same kind of output.
+REUSABLE = ("round_0/baseline", "round_0/search")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -68,6 +72,13 @@ class CoEvolution:
         unknown = set(cfg.warm_start.models) - {"policy", "world_model"}
         if unknown:
             raise ValueError(f"warm_start.models: {sorted(unknown)} (policy, world_model only)")
+        self.reuse = {str(name): Path(path) for name, path in (cfg.get("reuse") or {}).items()}
+        unknown = set(self.reuse) - set(REUSABLE)
+        if unknown:
+            raise ValueError(f"reuse: {sorted(unknown)} (only {', '.join(REUSABLE)})")
+        for name, path in self.reuse.items():
+            if not path.is_dir():
+                raise ValueError(f"reuse.{name}: {path} is not a directory")
         self.cfg = cfg
         self.out = Path(cfg.paths.output_dir)
         self.stages = StagedRun(self.out, cfg.overrides.common, int(cfg.seed), prefix="coevolve")
@@ -99,8 +110,12 @@ class CoEvolution:
             return
         if round_index == 0 and stage != "baseline" and not self.cfg.mcts:
             return  # no live search to start from: round 1 samples the base policy
+        name = f"round_{round_index}/{stage}"
+        if name in self.reuse:
+            self.stages.stage(name, lambda out: _copy_stage(self.reuse[name], out))
+            return
         run = getattr(self, f"_{stage}")
-        self.stages.stage(f"round_{round_index}/{stage}", lambda out: run(round_index, out))
+        self.stages.stage(name, lambda out: run(round_index, out))
 
     def _job(self, config_name: str, out: Path, overrides: list[str]) -> DictConfig:
         """A stage's job config: ``config_name``'s composition with the run's and the
@@ -353,6 +368,13 @@ class _NoBackend:
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         raise RuntimeError("building training data must not call a model")
+
+
+def _copy_stage(source: Path, out: Path) -> None:
+    """A stage another run finished as the same job, copied in (``reused.json`` says from
+    where): its files are what the later stages read, as if it had run here."""
+    shutil.copytree(source, out, dirs_exist_ok=True)
+    atomic_write_json(out / "reused.json", {"from": str(source)})
 
 
 def _value(path: str | None) -> str:

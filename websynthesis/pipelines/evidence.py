@@ -33,9 +33,10 @@ One run dir, every arm evaluated on the same held-out episodes (``eval_seeds`` x
 Shared by all seeds: ``untrained`` (the policy with no adapter under its grammar: a random
 valid action) and ``random_click``. ``coevolve``: WebEvolver's rounds
 (:mod:`websynthesis.pipelines.coevolve`) on the same tasks and seeds, ``coevolve.rounds``
-after round 0. A policy whose data came out empty is not trained: its arm is the untrained
-policy, marked ``trained: false``, never left out. ``results.json`` (:func:`results`) holds
-every number the report shows
+after round 0; its round 0's baseline and live search are the same jobs as ``untrained`` and
+the first seed's ``live_search``, which it copies rather than runs again. A policy whose data
+came out empty is not trained: its arm is the untrained policy, marked ``trained: false``,
+never left out. ``results.json`` (:func:`results`) holds every number the report shows
 (:mod:`websynthesis.pipelines.evidence_results`, with the arms' definitions).
 """
 
@@ -415,6 +416,16 @@ class Evidence:
                 merge=False,
             )
         OmegaConf.update(cfg, "seed", self.seeds[0])
+        # Round 0's baseline and live search are this run's untrained arm and first seed's
+        # live search, the same jobs (same overrides, seed and attempts): copied, not rerun.
+        reuse = {
+            "round_0/baseline": "untrained",
+            "round_0/search": f"seed_{self.seeds[0]}/live_search",
+        }
+        done = set(self.stages.done)
+        finished = {name: str(self.out / ours) for name, ours in reuse.items() if ours in done}
+        OmegaConf.update(cfg, "reuse", finished, merge=False)
+        attempts = f"eval.attempts={int(c.eval_attempts)}"  # as every arm here is evaluated
         stage_overrides = {
             "common": [*c.overrides.common],
             "env": [*c.overrides.env],
@@ -427,7 +438,7 @@ class Evidence:
             ],
             "world_model": [*c.overrides.world_model],
             "fidelity": [*c.overrides.fidelity],
-            "evaluate": [*c.overrides.evaluate],
+            "evaluate": [attempts, *c.overrides.evaluate],
         }
         for key, value in stage_overrides.items():
             OmegaConf.update(cfg, f"overrides.{key}", value, merge=False)
