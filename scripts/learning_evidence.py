@@ -10,7 +10,9 @@ Hydra composes conf/learning_evidence.yaml (profiles in conf/evidence/); the run
 there. :mod:`websynthesis.pipelines.evidence` runs the stages; the report (goals, tables,
 plots, ``results.json``) goes to ``docs/`` for the full profile on the suite, else into the
 run dir (``report_dir=...`` to choose), followed by ``<report>_notes.md`` when there is one
-(the hand-written reading of the numbers). It exits 1 when a stage produced nothing.
+(the hand-written reading of the numbers). ``sessions.json`` in the run dir lists every
+session that ran stages there, its command and commit, which the report shows. It exits 1
+when a stage produced nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import hydra
@@ -49,12 +53,33 @@ def main(cfg: DictConfig) -> None:
     from websynthesis.evaluation import evidence_report as report
     from websynthesis.io import atomic_write_json, atomic_write_text
     from websynthesis.pipelines import evidence, evidence_results
+    from websynthesis.pipelines.stages import read_json
 
     out = Path(cfg.paths.output_dir)
     profile = HydraConfig.get().runtime.choices.get("evidence", "")
-    # report_only: the report of what has finished so far, no stage run (e.g. while a long
-    # run goes on in another process, or after one was stopped)
-    results = evidence_results.results(cfg, out) if cfg.report_only else evidence.run(cfg)
+    ran = [o for o in HydraConfig.get().overrides.task if not o.startswith("report_only")]
+    command = shlex.join(["python", "scripts/learning_evidence.py", *ran])  # what ran the stages
+    # Every session that ran stages on this run dir, with the code it ran (recorded before
+    # its stages: a killed session counts too): a run of two parts shows both commands.
+    sessions = read_json(out / "sessions.json", [])
+    if cfg.report_only:
+        # the report of what has finished so far, no stage run (e.g. while a long run goes on
+        # in another process, or after one was stopped)
+        results = evidence_results.results(cfg, out)
+    else:
+        before = read_json(out / "state.json", None)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            out / "sessions.json",
+            [*sessions, {"command": command, "commit": _commit(), "started": _now()}],
+        )
+        try:
+            results = evidence.run(cfg)
+        except BaseException:
+            if read_json(out / "state.json", None) == before:  # it ran no stage: not a session
+                atomic_write_json(out / "sessions.json", sessions)
+            raise
+        sessions = read_json(out / "sessions.json", [])
     # Every stage's wall time over the sessions that ran it (state.json): a resumed run adds
     # up, and rewriting the report of a finished run adds nothing.
     results["wall_time_min"] = round(sum(results["stage_minutes"].values()), 1)
@@ -75,9 +100,10 @@ def main(cfg: DictConfig) -> None:
     if results.get("rounds"):
         plots["rounds"] = "results_rounds.png"
         report.plot_rounds(results, report_dir / plots["rounds"])
-    ran = [o for o in HydraConfig.get().overrides.task if not o.startswith("report_only")]
-    command = shlex.join(["python", "scripts/learning_evidence.py", *ran])  # what ran the stages
-    body = report.markdown(results, command=command, machine=_machine(), plots=plots)
+    shown = [f"{s['command']}   # commit {s['commit']}, {s['started']}" for s in sessions]
+    body = report.markdown(
+        results, command="\n".join(shown) or command, machine=_machine(), plots=plots
+    )
     notes = report_dir / "results_notes.md"  # the hand-written reading, kept apart
     tail = f"\n{notes.read_text(encoding='utf-8')}" if notes.is_file() else ""
     atomic_write_text(report_dir / "results.md", f"{TITLE}\n\n{INTRO}\n{body}{tail}")
@@ -86,6 +112,29 @@ def main(cfg: DictConfig) -> None:
         mark = "n/a" if goal.holds is None else "ok" if goal.holds else "MISSED"
         print(f"[{mark}] {goal.name}: {goal.detail}")
     print(f"report: {report_dir / 'results.md'}")
+
+
+def _commit() -> str | None:
+    """The checkout's commit (``+changes`` when tracked files differ from it), or None."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _machine() -> str:

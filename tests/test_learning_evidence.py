@@ -86,6 +86,9 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
     assert reward["constant"]["auc"] in (None, 0.5)
     assert results["rounds"] == []  # mini.yaml: coevolve.rounds=0 (CI's time)
     report = (out / "report" / "results.md").read_text()
+    sessions = json.loads((out / "sessions.json").read_text())  # the early one ran no stage
+    assert [s["command"].split()[-1] for s in sessions] == ["part=headline", "part=ablations"]
+    assert all(f"{s['command']}   # commit {s['commit']}" in report for s in sessions)
     assert "## Goals" in report and "![success per arm](results_success.png)" in report
     assert (out / "report" / "results_success.png").stat().st_size > 0
 
