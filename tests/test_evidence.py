@@ -343,9 +343,12 @@ def test_the_evidence_profiles_compose_with_their_schema(profile: str) -> None:
         cfg = compose(config_name="learning_evidence", overrides=[f"evidence={profile}"])
         with pytest.raises(Exception, match="pipeline_seed"):
             compose(config_name="learning_evidence", overrides=["pipeline_seed=[1]"])
+        # the co-evolution stage composes its own config with the profile's overrides
+        coevolve = compose(config_name="coevolve", overrides=list(cfg.coevolve.overrides))
     GlobalHydra.instance().clear()
     assert not set(cfg.train_seeds) & set(cfg.eval_seeds)
     assert cfg.wmla.arm == "bc_imagined" and cfg.pipeline_seeds
+    assert coevolve.warm_start.models == (["world_model"] if profile == "full" else [])
     if profile == "full":  # the sizes: >= 160 episodes an arm, 2 pipeline seeds
         assert len(cfg.tasks) * len(cfg.eval_seeds) * cfg.eval_attempts >= 160
         assert len(cfg.pipeline_seeds) >= 2
