@@ -251,6 +251,7 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
     episodes(seed / "eval_bc_imagined_valuable", set(range(1000, 1007)))
     episodes(seed / "eval_textui_bc_imagined", {1000, 1001})
     episodes(seed / "eval_wmla", set(range(1000, 1009)))
+    episodes(seed / "eval_greedy", set(range(1000, 1004)))
     (seed / "train_textui_bc_imagined").mkdir(parents=True)
     (seed / "train_textui_bc_imagined" / "skipped.json").write_text("{}")
     write_lines(seed / "train_bc_imagined_valuable" / "same_as.json", [{"arm": "bc_imagined"}])
@@ -263,7 +264,7 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
     (tmp_path / "state.json").write_text(json.dumps(
         {"done": ["untrained", "random_click", "seed_0/live_search",
                   *(f"seed_0/eval_{arm}" for arm in ("bc_live", "bc_imagined", "wmla",
-                    "bc_imagined_valuable", "textui_bc_imagined"))],
+                    "bc_imagined_valuable", "textui_bc_imagined", "greedy"))],
          "seconds": {"untrained": 120.0, "seed_0/eval_bc_live": 60.0,
                      "seed_0/live_search": 300.0}}))  # fmt: skip
     (seed / "reward_quality").mkdir()
@@ -297,6 +298,9 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
     assert shown["train and held-out seeds are disjoint"] is True
     assert shown[">= 50 % of imagined successes reproduce in the browser"] is None
     assert shown["wmla >= +5 points over the same policy without it"] is True
+    assert found["paired"]["wmla_vs_greedy"]["only_a"] == 5  # seeds 1004-1008
+    wmla_goal = next(g for g in goals(found) if g.name.startswith("wmla"))
+    assert wmla_goal.detail.endswith("; greedy, no look-ahead 40.0 % (p = 0.0625)")
     page = markdown(
         found, command="python scripts/learning_evidence.py", machine="2 CPUs", plots={}
     )

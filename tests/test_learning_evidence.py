@@ -29,7 +29,7 @@ HEADLINE_STAGES = [
 ]  # fmt: skip
 ABLATION_STAGES = [
     "train_bc_imagined_valuable", "eval_bc_imagined_valuable",
-    "train_textui_bc_imagined", "eval_textui_bc_imagined", "eval_wmla",
+    "train_textui_bc_imagined", "eval_textui_bc_imagined", "eval_wmla", "eval_greedy",
 ]  # fmt: skip
 
 
@@ -107,7 +107,7 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
     assert {(row["attempt"], row["explorer"]) for row in real} <= {(0, 0), (1, 1)}
     for arm in ("untrained", "random_click"):
         assert seeds_of(out / arm) == {1000, 1001}
-    for stage in ("eval_bc_live", "eval_bc_imagined", "eval_wmla"):
+    for stage in ("eval_bc_live", "eval_bc_imagined", "eval_wmla", "eval_greedy"):
         assert seeds_of(out / "seed_0" / stage) == {1000, 1001}
     random_actions = [
         json.loads(line)["actions"] for line in (out / "random_click/episodes.jsonl").open()

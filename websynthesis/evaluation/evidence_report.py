@@ -21,6 +21,7 @@ ARM_LABELS = {
     "bc_imagined_valuable": "BC, imagined valuable only",
     "bc_imagined_valuable_rollback": "BC, imagined valuable + rollback",
     "wmla": "with WMLA look-ahead",
+    "greedy": "the WMLA arm's policy, greedy, no look-ahead",
 }
 
 
@@ -87,7 +88,8 @@ def goals(results: dict[str, Any]) -> list[Goal]:
             "wmla >= +5 points over the same policy without it",
             _if_run(wmla["rate"] - without["rate"] >= 0.05, wmla, without),
             f"{_pct(wmla['rate'])} vs {_pct(without['rate'])} "
-            f"(McNemar p = {_p((paired.get('wmla_vs_without') or {}).get('p_value'))})",
+            f"(McNemar p = {_p((paired.get('wmla_vs_without') or {}).get('p_value'))})"
+            + _greedy_control(arms.get("greedy"), paired.get("wmla_vs_greedy")),
         )
     )
     for seed, run in results.get("pipeline_seed_runs", {}).items():
@@ -102,6 +104,14 @@ def goals(results: dict[str, Any]) -> list[Goal]:
                 )
             )
     return out
+
+
+def _greedy_control(greedy: dict[str, Any] | None, vs: dict[str, Any] | None) -> str:
+    """WMLA's first candidate is the greedy action: the same policy greedy without look-ahead,
+    beside the goal, tells the look-ahead's part from greedy decoding's."""
+    if not greedy or not greedy.get("evaluated"):
+        return ""
+    return f"; greedy, no look-ahead {_pct(greedy['rate'])} (p = {_p(vs and vs['p_value'])})"
 
 
 def _if_run(holds: bool, *arms: dict[str, Any]) -> bool | None:

@@ -28,7 +28,8 @@ One run dir, every arm evaluated on the same held-out episodes (``eval_seeds`` x
 6. ``part=ablations`` (after it, same run dir), on the first seed: ``bc_imagined_valuable``,
    ``textui_bc_imagined`` (the TextUI warm-up on ``real_data``'s and the imagined pages, then
    BC on the imagined trajectories), ``wmla`` (``wmla.arm`` with the world model's
-   look-ahead), and the co-evolution rounds. ``part=all`` runs both in one session.
+   look-ahead), ``greedy`` (``wmla.arm`` at temperature 0 without it: WMLA's first candidate
+   is the greedy action), and the co-evolution rounds. ``part=all`` runs both in one session.
 
 Shared by all seeds: ``untrained`` (the policy with no adapter under its grammar: a random
 valid action) and ``random_click``. ``coevolve``: WebEvolver's rounds
@@ -125,6 +126,7 @@ class Evidence:
                 stage(f"{at}/train_{arm}", lambda out, a=arm: self._train_policy(out, first, a))
                 stage(f"{at}/eval_{arm}", lambda out, a=arm: self._evaluate_arm(out, first, a))
             stage(f"{at}/eval_wmla", lambda out: self._evaluate_wmla(out, first))
+            stage(f"{at}/eval_greedy", lambda out: self._evaluate_greedy(out, first))
             if int(self.cfg.coevolve.rounds) > 0:
                 stage("coevolve", self._coevolve)
         found = results(self.cfg, self.out)
@@ -357,6 +359,13 @@ class Evidence:
             extra=["eval.wmla.enabled=true", *self.cfg.overrides.wmla],
             seed=seed,
         )
+
+    def _evaluate_greedy(self, out: Path, seed: int) -> None:
+        """``wmla.arm``'s policy at temperature 0 with no look-ahead: WMLA's first candidate
+        is the greedy action, while the policy alone samples (the role's temperature), so
+        this arm tells the look-ahead's choice apart from greedy decoding."""
+        policy = self._policy_adapter(seed, str(self.cfg.wmla.arm))
+        self._evaluate(out, policy=policy, seed=seed, extra=["eval.temperature=0"])
 
     def _fidelity(self, out: Path, seed: int) -> None:
         """The world model on the held-out real steps of the untrained and trained policies."""

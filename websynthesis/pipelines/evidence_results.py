@@ -27,6 +27,7 @@ ARMS = (
     "bc_imagined_valuable",
     "bc_imagined_valuable_rollback",
     "wmla",
+    "greedy",
 )
 HEADLINE = ("bc_imagined", "bc_live")  # the paper's arm first: a stopped run has it
 ABLATION_ARMS = ("bc_imagined_valuable", "textui_bc_imagined")  # then wmla and the rounds
@@ -65,8 +66,8 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
     def arm_dir(arm: str, seed: int) -> Path:
         if arm in ("untrained", "random_click"):
             path = out / arm
-        elif arm == "wmla":
-            path = out / f"seed_{seed}" / "eval_wmla"
+        elif arm in ("wmla", "greedy"):
+            path = out / f"seed_{seed}" / f"eval_{arm}"
         else:
             path = out / f"seed_{seed}" / f"eval_{ALIASES.get(arm, arm)}"
         # A stage still running (the report read mid-run) has part of its episodes: not yet.
@@ -75,7 +76,7 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
     def trained(arm: str, seed: int) -> bool:
         if arm in ("untrained", "random_click"):
             return False
-        name = str(cfg.wmla.arm) if arm == "wmla" else ALIASES.get(arm, arm)
+        name = str(cfg.wmla.arm) if arm in ("wmla", "greedy") else ALIASES.get(arm, arm)
         return not (out / f"seed_{seed}" / f"train_{name}" / "skipped.json").is_file()
 
     outcomes = {arm: _outcomes(arm_dir(arm, first)) for arm in ARMS}
@@ -85,7 +86,7 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
         rate = wilson(sum(found.values()), len(found))
         # evaluated: false where the arm's stage has not run (e.g. part=headline alone)
         arms[arm] = rate.to_dict() | {"trained": trained(arm, first), "evaluated": bool(found)}
-        data = ALIASES.get(arm, str(cfg.wmla.arm) if arm == "wmla" else arm)
+        data = ALIASES.get(arm, str(cfg.wmla.arm) if arm in ("wmla", "greedy") else arm)
         if data in POLICY_DATA:
             train_dir = out / f"seed_{first}" / f"train_{data}"
             arms[arm]["training_examples"] = read_json(train_dir / "policy_data.json", {}).get(
@@ -128,10 +129,12 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
         ).to_dict()
     if outcomes["wmla"] and outcomes[str(cfg.wmla.arm)]:
         paired["wmla_vs_without"] = mcnemar(outcomes["wmla"], outcomes[str(cfg.wmla.arm)]).to_dict()
+    if outcomes["wmla"] and outcomes["greedy"]:  # look-ahead apart from greedy decoding
+        paired["wmla_vs_greedy"] = mcnemar(outcomes["wmla"], outcomes["greedy"]).to_dict()
     minutes = {
         name: round(seconds / 60, 2) for name, seconds in (state or {}).get("seconds", {}).items()
     }
-    ablations = {"coevolve", f"seed_{first}/eval_wmla"} | {
+    ablations = {"coevolve", f"seed_{first}/eval_wmla", f"seed_{first}/eval_greedy"} | {
         f"seed_{first}/{kind}_{arm}" for arm in ABLATION_ARMS for kind in ("train", "eval")
     }
     reproduction = per_seed[str(first)]["reproduction"] or {
