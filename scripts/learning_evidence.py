@@ -115,13 +115,14 @@ def main(cfg: DictConfig) -> None:
 
 
 def _commit() -> str | None:
-    """The checkout's commit (``+changes`` when tracked files differ from it), or None."""
+    """The checkout's commit (``+changes`` when tracked files differ from it, the reports this
+    script writes apart), or None."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs/results*"],
             cwd=ROOT,
             capture_output=True,
             text=True,
