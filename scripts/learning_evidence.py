@@ -68,18 +68,16 @@ def main(cfg: DictConfig) -> None:
         results = evidence_results.results(cfg, out)
     else:
         before = read_json(out / "state.json", None)
+        earlier = sessions
+        sessions = [*earlier, {"command": command, "commit": _commit(), "started": _now()}]
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            out / "sessions.json",
-            [*sessions, {"command": command, "commit": _commit(), "started": _now()}],
-        )
+        atomic_write_json(out / "sessions.json", sessions)
         try:
             results = evidence.run(cfg)
         except BaseException:
             if read_json(out / "state.json", None) == before:  # it ran no stage: not a session
-                atomic_write_json(out / "sessions.json", sessions)
+                atomic_write_json(out / "sessions.json", earlier)
             raise
-        sessions = read_json(out / "sessions.json", [])
     # Every stage's wall time over the sessions that ran it (state.json): a resumed run adds
     # up, and rewriting the report of a finished run adds nothing.
     results["wall_time_min"] = round(sum(results["stage_minutes"].values()), 1)

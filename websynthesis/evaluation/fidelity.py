@@ -152,22 +152,20 @@ def fidelity_report(
         baseline.append(score_prediction(before, before, after))
         kinds.setdefault(t.action.kind.value, []).append(index)
     by_action = {
-        kind: {
-            "model": aggregate([model[i] for i in indices]),
-            "copy_baseline": aggregate([baseline[i] for i in indices]),
-            "change_f1_ci95": _change_f1_intervals(
-                [model[i] for i in indices], [baseline[i] for i in indices]
-            ),
-            "by_change": _by_change([model[i] for i in indices], [baseline[i] for i in indices]),
-        }
+        kind: _scored([model[i] for i in indices], [baseline[i] for i in indices])
         for kind, indices in sorted(kinds.items())
     }
+    return _scored(model, baseline) | {"by_action": by_action}
+
+
+def _scored(model: Sequence[FidelityScores], baseline: Sequence[FidelityScores]) -> dict[str, Any]:
+    """The model's and copying's aggregates on the same transitions, with the change F1's
+    intervals and its split by whether the page changed."""
     return {
         "model": aggregate(model),
         "copy_baseline": aggregate(baseline),
         "change_f1_ci95": _change_f1_intervals(model, baseline),
         "by_change": _by_change(model, baseline),
-        "by_action": by_action,
     }
 
 

@@ -39,6 +39,8 @@ POLICY_DATA = {
     "textui_bc_imagined": ("imagined_search", ("valuable", "rollback"), "textui_then_bc"),
 }
 ALIASES = {"bc_imagined_valuable_rollback": "bc_imagined"}  # the paper's data is bc_imagined's
+# Evaluated on ``wmla.arm``'s policy: with look-ahead, and greedy without it (its control).
+ON_WMLA_POLICY = ("wmla", "greedy")
 
 
 def _outcomes(run_dir: Path) -> dict[tuple[str, int, int], bool]:
@@ -66,7 +68,7 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
     def arm_dir(arm: str, seed: int) -> Path:
         if arm in ("untrained", "random_click"):
             path = out / arm
-        elif arm in ("wmla", "greedy"):
+        elif arm in ON_WMLA_POLICY:
             path = out / f"seed_{seed}" / f"eval_{arm}"
         else:
             path = out / f"seed_{seed}" / f"eval_{ALIASES.get(arm, arm)}"
@@ -76,7 +78,7 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
     def trained(arm: str, seed: int) -> bool:
         if arm in ("untrained", "random_click"):
             return False
-        name = str(cfg.wmla.arm) if arm in ("wmla", "greedy") else ALIASES.get(arm, arm)
+        name = str(cfg.wmla.arm) if arm in ON_WMLA_POLICY else ALIASES.get(arm, arm)
         return not (out / f"seed_{seed}" / f"train_{name}" / "skipped.json").is_file()
 
     outcomes = {arm: _outcomes(arm_dir(arm, first)) for arm in ARMS}
@@ -86,7 +88,7 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
         rate = wilson(sum(found.values()), len(found))
         # evaluated: false where the arm's stage has not run (e.g. part=headline alone)
         arms[arm] = rate.to_dict() | {"trained": trained(arm, first), "evaluated": bool(found)}
-        data = ALIASES.get(arm, str(cfg.wmla.arm) if arm in ("wmla", "greedy") else arm)
+        data = ALIASES.get(arm, str(cfg.wmla.arm) if arm in ON_WMLA_POLICY else arm)
         if data in POLICY_DATA:
             train_dir = out / f"seed_{first}" / f"train_{data}"
             arms[arm]["training_examples"] = read_json(train_dir / "policy_data.json", {}).get(
