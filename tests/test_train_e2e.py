@@ -104,6 +104,7 @@ def test_textui_warmup_writes_a_peft_adapter(data, tmp_path: Path) -> None:
         assert (tmp_path / "adapter" / name).is_file()
     done = json.loads((tmp_path / "stages" / "1-textui" / "done.json").read_text())
     assert done["global_step"] == 12 and done["val_loss"] > 0
+    assert 0 < done["train_loss"] < 20  # the last batches' mean, recorded without a logger too
     assert done["packing"] is False  # auto: SDPA on CPU pads
     assert done["data"]["train"]["kept"] + done["data"]["val"]["kept"] == 36
     with open(next(tmp_path.glob("csv/version_*/metrics.csv"))) as handle:

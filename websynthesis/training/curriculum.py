@@ -171,6 +171,7 @@ def run_curriculum(
             "started_at_step": module.start_step,
             "resumed_from": ckpt,
             "started_from": None if previous is None else str(previous),
+            "train_loss": module.end_train_loss,
             "val_loss": val[0].get(f"{run.name}/val/loss"),
             "packing": datamodule.packing,
             "data": stats,

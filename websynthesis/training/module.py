@@ -19,6 +19,9 @@
   stepped per optimizer step. Metrics are namespaced by stage (``bc/train/loss``,
   ``bc/val/loss``, ``bc/train/grad_norm``, ``bc/lr``); tokens/s is Lightning's
   ``ThroughputMonitor``'s ``train/device/items_per_sec`` (set up by the curriculum).
+* **The stage's end loss is kept whatever the logger** (:attr:`LoraModule.end_train_loss`,
+  written to ``done.json``): with ``logger=none`` it is the only record of whether a model
+  fitted its data, the first question when a trained model does not do what it should.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import hashlib
 import math
 import shutil
 import tempfile
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,9 @@ from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from websynthesis.config import LoraConfig, OptimConfig
 from websynthesis.training.tokenize import IGNORE_INDEX
+
+# Training batches the end loss averages: enough to smooth one batch's draw of examples.
+END_LOSS_BATCHES = 32
 
 
 def attach_lora(
@@ -99,6 +106,7 @@ class LoraModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints lack the base; on_load_checkpoint checks keys
         self.adapter_keys = frozenset(n for n, p in self.named_parameters() if p.requires_grad)
         self.start_step = 0
+        self.recent_losses: deque[torch.Tensor] = deque(maxlen=END_LOSS_BATCHES)
         if not self.adapter_keys:
             raise ValueError("the model has no trainable parameters: attach an adapter first")
 
@@ -119,7 +127,16 @@ class LoraModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(**batch).loss
         self.log(f"{self.stage}/train/loss", loss, prog_bar=True)
+        self.recent_losses.append(loss.detach())  # kept on the device: no sync per step
         return loss
+
+    @property
+    def end_train_loss(self) -> float | None:
+        """The mean training loss of this process's last ``END_LOSS_BATCHES`` batches (each
+        batch's per-token mean), ``None`` before any."""
+        if not self.recent_losses:
+            return None
+        return float(torch.stack(list(self.recent_losses)).float().mean())
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         # Weighted by target tokens, so the epoch value is the per-token mean loss.
