@@ -205,6 +205,38 @@ def test_a_report_read_mid_run_counts_only_finished_stages(tmp_path: Path) -> No
     )
 
 
+def test_the_headline_goals_hold_only_if_they_hold_on_every_pipeline_seed(
+    tmp_path: Path,
+) -> None:
+    cfg = OmegaConf.create(
+        {"tasks": ["a"], "train_seeds": [0], "eval_seeds": list(range(1000, 1010)),
+         "pipeline_seeds": [0, 1], "eval_attempts": 1, "wmla": {"arm": "bc_imagined"}}
+    )  # fmt: skip
+    episodes(tmp_path / "untrained", set())
+    for seed, imagined in ((0, set(range(1000, 1009))), (1, {1000})):  # seed 1 misses
+        episodes(tmp_path / f"seed_{seed}" / "eval_bc_live", set(range(1000, 1005)))
+        episodes(tmp_path / f"seed_{seed}" / "eval_bc_imagined", imagined)
+        write_lines(tmp_path / f"seed_{seed}" / "reproduce" / "reproduction.json",
+                    [{"imagined_successes": 4, "reproduced": 2 + seed}])  # fmt: skip
+    state = [
+        "untrained",
+        *(f"seed_{s}/eval_{a}" for s in (0, 1) for a in ("bc_live", "bc_imagined")),
+    ]
+    (tmp_path / "state.json").write_text(json.dumps({"done": state}))
+    shown = {goal.name: goal for goal in goals(results(cfg, tmp_path))}
+    beats = shown["bc_imagined >= 2x untrained and >= +20 points, McNemar p < 0.01"]
+    assert beats.holds is False  # seed 0 alone would hold: 90 % vs 0 %, p = 0.0039
+    assert beats.detail == (
+        "seed 0: 90.0 % vs 0.0 % (+90.0 points, p = 0.0039); "
+        "seed 1: 10.0 % vs 0.0 % (+10.0 points, p = 1.0000)"
+    )
+    assert shown["bc_imagined within 10 points of bc_live"].holds is False  # seed 1: -40
+    reproduces = shown[">= 50 % of imagined successes reproduce in the browser"]
+    assert reproduces.holds is True and reproduces.detail == (
+        "seed 0: 2 of 4 (50.0 %); seed 1: 3 of 4 (75.0 %)"
+    )
+
+
 def test_staged_runs_record_each_stages_seconds_over_its_sessions(tmp_path: Path) -> None:
     ran: list[str] = []
 

@@ -43,46 +43,24 @@ def goals(results: dict[str, Any]) -> list[Goal]:
             f"train {_seeds(results['train_seeds'])}; held-out {_seeds(results['eval_seeds'])}",
         )
     ]
-    base, imagined, live = arms["untrained"], arms["bc_imagined"], arms["bc_live"]
-    p = (paired.get("bc_imagined_vs_untrained") or {}).get("p_value")
-    gain = imagined["rate"] - base["rate"]
-    holds = imagined["rate"] >= 2 * base["rate"] and gain >= 0.20 and p is not None and p < 0.01
+    runs = _headline_runs(results)
     out.append(
-        Goal(
+        _every_seed(
             "bc_imagined >= 2x untrained and >= +20 points, McNemar p < 0.01",
-            _if_run(holds and imagined["rate"] > 0, imagined, base),
-            f"{_pct(imagined['rate'])} vs {_pct(base['rate'])} ({gain * 100:+.1f} points, "
-            f"p = {_p(p)})",
+            [_beats_untrained(run, arms["untrained"]) for run in runs],
         )
     )
-    gap = imagined["rate"] - live["rate"]
-    p_live = (paired.get("bc_imagined_vs_bc_live") or {}).get("p_value")
     out.append(
-        Goal(
-            "bc_imagined within 10 points of bc_live",
-            _if_run(abs(gap) <= 0.10 or gap > 0, imagined, live),
-            f"{_pct(imagined['rate'])} vs {_pct(live['rate'])} ({gap * 100:+.1f} points, "
-            f"McNemar p = {_p(p_live)})",
-        )
+        _every_seed("bc_imagined within 10 points of bc_live", [_near_live(run) for run in runs])
     )
-    rep = results["reproduction"]
-    k, m = rep["imagined_successes"], rep["reproduced"]
     out.append(
-        Goal(
+        _every_seed(
             ">= 50 % of imagined successes reproduce in the browser",
-            None if k == 0 else m / k >= 0.5,
-            f"{m} of {k}"
-            + (
-                f" ({_pct(m / k)})"
-                if k
-                else ": the imagined search found none"
-                if rep.get("measured", True)
-                else ": not run yet"
-            ),
+            [_reproduces(run) for run in runs],
         )
     )
     wmla = arms["wmla"]
-    without = arms.get(results.get("wmla_arm", "bc_imagined"), imagined)
+    without = arms.get(results.get("wmla_arm", "bc_imagined"), arms["bc_imagined"])
     out.append(
         Goal(
             "wmla >= +5 points over the same policy without it",
@@ -104,6 +82,93 @@ def goals(results: dict[str, Any]) -> list[Goal]:
                 )
             )
     return out
+
+
+@dataclass(frozen=True)
+class HeadlineRun:
+    """One pipeline seed's headline numbers, as the goals read them."""
+
+    label: str  # "seed 1: ", or "" when the run has one pipeline seed
+    imagined: dict[str, Any]
+    live: dict[str, Any]
+    vs_untrained: dict[str, Any] | None
+    vs_live: dict[str, Any] | None
+    reproduction: dict[str, Any]
+
+
+def _headline_runs(results: dict[str, Any]) -> list[HeadlineRun]:
+    """The headline goals' inputs per pipeline seed: with several seeds a goal holds only if
+    it holds on each (one lucky seed is not the method), with one the first seed's arms."""
+    arms, paired = results["arms"], results.get("paired", {})
+    runs = results.get("pipeline_seed_runs") or {}
+    if len(runs) < 2:
+        return [
+            HeadlineRun(
+                "",
+                arms["bc_imagined"],
+                arms["bc_live"],
+                paired.get("bc_imagined_vs_untrained"),
+                paired.get("bc_imagined_vs_bc_live"),
+                results["reproduction"],
+            )
+        ]
+    return [
+        HeadlineRun(
+            f"seed {seed}: ",
+            _evaluated(run["bc_imagined"]),
+            _evaluated(run["bc_live"]),
+            run.get("bc_imagined_vs_untrained"),
+            run.get("bc_imagined_vs_bc_live"),
+            run.get("reproduction")
+            or {"imagined_successes": 0, "reproduced": 0, "measured": False},
+        )
+        for seed, run in runs.items()
+    ]
+
+
+def _evaluated(arm: dict[str, Any]) -> dict[str, Any]:
+    """A per-seed arm (a bare interval) marked evaluated when it has episodes."""
+    return {**arm, "evaluated": arm.get("episodes", 0) > 0}
+
+
+def _every_seed(name: str, checks: list[tuple[bool | None, str]]) -> Goal:
+    """One goal over the pipeline seeds: missed if missed on one, unmeasured if unmeasured on
+    one (and missed on none), else held; the numbers of every seed shown."""
+    verdicts = [holds for holds, _ in checks]
+    holds = False if False in verdicts else None if None in verdicts else True
+    return Goal(name, holds, "; ".join(detail for _, detail in checks))
+
+
+def _beats_untrained(run: HeadlineRun, base: dict[str, Any]) -> tuple[bool | None, str]:
+    imagined, p = run.imagined, (run.vs_untrained or {}).get("p_value")
+    gain = imagined["rate"] - base["rate"]
+    holds = imagined["rate"] >= 2 * base["rate"] and gain >= 0.20 and p is not None and p < 0.01
+    detail = (
+        f"{run.label}{_pct(imagined['rate'])} vs {_pct(base['rate'])} "
+        f"({gain * 100:+.1f} points, p = {_p(p)})"
+    )
+    return _if_run(holds and imagined["rate"] > 0, imagined, base), detail
+
+
+def _near_live(run: HeadlineRun) -> tuple[bool | None, str]:
+    gap = run.imagined["rate"] - run.live["rate"]
+    detail = (
+        f"{run.label}{_pct(run.imagined['rate'])} vs {_pct(run.live['rate'])} "
+        f"({gap * 100:+.1f} points, McNemar p = {_p((run.vs_live or {}).get('p_value'))})"
+    )
+    return _if_run(abs(gap) <= 0.10 or gap > 0, run.imagined, run.live), detail
+
+
+def _reproduces(run: HeadlineRun) -> tuple[bool | None, str]:
+    k, m = run.reproduction["imagined_successes"], run.reproduction["reproduced"]
+    if k:
+        return m / k >= 0.5, f"{run.label}{m} of {k} ({_pct(m / k)})"
+    why = (
+        "the imagined search found none"
+        if run.reproduction.get("measured", True)
+        else ("not run yet")
+    )
+    return None, f"{run.label}{m} of {k}: {why}"
 
 
 def _greedy_control(greedy: dict[str, Any] | None, vs: dict[str, Any] | None) -> str:
