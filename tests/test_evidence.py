@@ -291,6 +291,9 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
                           "dropped": {"rollback/skipped_go_back_undeclared": 3}}}  # fmt: skip
     write_lines(seed / "imagined_search" / "stats.json", [stats])  # one line: a JSON file
     write_lines(seed / "fidelity" / "fidelity.json", [FIDELITY])
+    write_lines(
+        seed / "world_model_fit" / "fidelity.json", [_fidelity_row(0.8, 0.4) | {"by_action": {}}]
+    )
     (seed / "real_data").mkdir()
     (seed / "real_data" / "budget.json").write_text(json.dumps({"budget": 90, "real_steps": 88}))
     (tmp_path / "state.json").write_text(json.dumps(
@@ -342,6 +345,7 @@ def test_results_pair_every_arm_on_the_same_episodes_in_the_documented_schema(
     assert "| 0 | imagined_search | 7 | 0 | rollback/skipped_go_back_undeclared 3 |" in page
     assert "| reward model | 0.750 | [0.600, 0.900] | 0.700 (10) |" in page
     assert "| click | 10 | 0.300 | 0.400 | -0.100 | 0.900 / 0.950 | 0.500 (4) | 0.167 (6) |" in page
+    assert "| all, its own training steps | 10 | 0.800 | 0.400 | +0.400 |" in page
     assert "| constant score | 0.500 | - | 0.500 (10) |" in page
     assert found["stage_minutes"] == {"untrained": 2.0, "seed_0/eval_bc_live": 1.0,
                                       "seed_0/live_search": 5.0}  # fmt: skip

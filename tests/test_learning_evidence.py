@@ -56,7 +56,7 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
     done = json.loads((out / "state.json").read_text())["done"]
     assert done == [
         *(f"seed_0/{s}" for s in HEADLINE_STAGES), "untrained", "random_click",
-        "seed_0/fidelity", "seed_0/reward_quality",
+        "seed_0/fidelity", "seed_0/world_model_fit", "seed_0/reward_quality",
     ]  # fmt: skip
     headline = json.loads((out / "results.json").read_text())
     assert not headline["arms"]["wmla"]["evaluated"] and headline["arms"]["bc_live"]["evaluated"]
@@ -65,7 +65,7 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
     second = run_script(out, cache, "part=ablations")
     assert second.returncode == 0, second.stderr[-4000:]
     done = json.loads((out / "state.json").read_text())["done"]
-    assert done[len(HEADLINE_STAGES) + 4 :] == [f"seed_0/{s}" for s in ABLATION_STAGES]
+    assert done[len(HEADLINE_STAGES) + 5 :] == [f"seed_0/{s}" for s in ABLATION_STAGES]
     results = json.loads((out / "report" / "results.json").read_text())
     assert results == json.loads((out / "results.json").read_text())
     assert results["tasks"] == ["click-button", "choose-list"]
@@ -81,6 +81,7 @@ def test_the_miniature_runs_every_stage_and_resumes(tmp_path: Path, tiny_model_p
     rep = results["reproduction"]
     assert 0 <= rep["reproduced"] <= rep["imagined_successes"]
     assert results["world_model"]["all"]["n"] > 0
+    assert 0 < results["world_model_fit"]["all"]["n"] <= 300  # every k-th training transition
     reward = results["reward_model"]
     assert reward["steps"] > 0 and reward["judge"]["trajectories"] > 0
     assert reward["constant"]["auc"] in (None, 0.5)

@@ -299,9 +299,11 @@ def _world_table(results: dict[str, Any]) -> str:
     rows = ["| action | n | change F1 model | copy | model - copy (95 %) | page F1 model / copy "
             "| page stayed: kept (n) | page changed: change F1 (n) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-    for kind, row in world.items():
+    fit = (results.get("world_model_fit") or {}).get("all")
+    shown = [*world.items(), *([("all, its own training steps", fit)] if fit else [])]
+    for kind, row in shown:
         diff = (row.get("ci95") or {}).get("model_minus_copy")
-        shown = f"{row['model'] - row['copy']:+.3f}" + (
+        margin = f"{row['model'] - row['copy']:+.3f}" + (
             f" [{diff[0]:+.3f}, {diff[1]:+.3f}]" if diff else ""
         )
         split = row.get("by_change") or {}
@@ -310,7 +312,7 @@ def _world_table(results: dict[str, Any]) -> str:
             for part in (split.get("unchanged"), split.get("changed"))
         )
         rows.append(
-            f"| {kind} | {row['n']} | {row['model']:.3f} | {row['copy']:.3f} | {shown} "
+            f"| {kind} | {row['n']} | {row['model']:.3f} | {row['copy']:.3f} | {margin} "
             f"| {row['page_f1_model']:.3f} / {row['page_f1_copy']:.3f} | {stayed} | {changed} |"
         )
     return "\n".join(rows)
@@ -377,6 +379,7 @@ def _stage_kind(stage: str) -> str:
         "reproduce": "replay imagined successes",
         "coevolve": "co-evolution rounds",
         "fidelity": "world-model fidelity",
+        "world_model_fit": "world-model fidelity",
         "reward_quality": "reward-model quality",
     }.get(stage, stage)
 

@@ -22,9 +22,11 @@ One run dir, every arm evaluated on the same held-out episodes (``eval_seeds`` x
    ``bc_imagined_valuable_rollback``: imagined valuable + rollback) and ``bc_live`` (live
    valuable + rollback) on every pipeline seed. After all seeds, the baselines (below), then
    on the first seed ``fidelity`` (the world model on the held-out steps of the untrained and
-   trained policies, by action kind, against copying the page) and ``reward_quality`` (the
-   trained reward model and judge on the same held-out episodes, against a constant). That
-   is ``part=headline``, in that order: a run stopped early has what only the pipeline makes.
+   trained policies, by action kind, against copying the page), ``world_model_fit`` (the same
+   measure on a sample of its own training transitions: an underfit model is poor there too,
+   one that does not generalise is not) and ``reward_quality`` (the trained reward model and
+   judge on the same held-out episodes, against a constant). That is ``part=headline``, in
+   that order: a run stopped early has what only the pipeline makes.
 6. ``part=ablations`` (after it, same run dir), on the first seed: ``bc_imagined_valuable``,
    ``textui_bc_imagined`` (the TextUI warm-up on ``real_data``'s and the imagined pages, then
    BC on the imagined trajectories), ``wmla`` (``wmla.arm`` with the world model's
@@ -72,6 +74,8 @@ log = logging.getLogger(__name__)
 # seed's other arms, WMLA and co-evolution; part=all: both in one session.
 PARTS = ("all", "headline", "ablations")
 ABLATIONS_NEED = ("real_data", "imagined_search", "world_model", "train_bc_imagined")
+# Training transitions world_model_fit reads (every k-th): a rate to a few points, a minute.
+FIT_SAMPLE = 300
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -112,6 +116,7 @@ class Evidence:
             )
             # on held-out steps of the untrained policy and of the first seed's arms
             stage(f"seed_{first}/fidelity", lambda out: self._fidelity(out, first))
+            stage(f"seed_{first}/world_model_fit", lambda out: self._world_model_fit(out, first))
             stage(f"seed_{first}/reward_quality", lambda out: self._reward_quality(out, first))
         if ablations:
             needed = [f"seed_{first}/{name}" for name in ABLATIONS_NEED]
@@ -369,17 +374,29 @@ class Evidence:
 
     def _fidelity(self, out: Path, seed: int) -> None:
         """The world model on the held-out real steps of the untrained and trained policies."""
-        from websynthesis.pipelines import evaluate
-
         sources = [self.out / "untrained", *(self.dir(seed, f"eval_{arm}") for arm in HEADLINE)]
         rows = (row for source in sources for row in read_records(source / "transitions.jsonl"))
         held_out = out / "held_out_transitions.jsonl"
         atomic_write_text(held_out, _jsonl(rows))
+        self._world_model_on(out, seed, held_out)
+
+    def _world_model_fit(self, out: Path, seed: int) -> None:
+        """The world model on every k-th of its own training transitions (at most
+        ``FIT_SAMPLE``): how well it fitted what it was shown, beside ``fidelity``."""
+        rows = list(read_records(self.dir(seed, "real_data") / "transitions.jsonl"))
+        sample = out / "training_transitions.jsonl"
+        atomic_write_text(sample, _jsonl(rows[:: max(1, -(-len(rows) // FIT_SAMPLE))]))
+        self._world_model_on(out, seed, sample)
+
+    def _world_model_on(self, out: Path, seed: int, transitions: Path) -> None:
+        """``fidelity.json`` in ``out``: seed ``seed``'s world model on ``transitions``."""
+        from websynthesis.pipelines import evaluate
+
         overrides = [
             *self._env(),
             f"model.adapters.world_model={_value(self._adapter(seed, 'world_model'))}",
             "eval=world_model",
-            f"eval.transitions={held_out}",
+            f"eval.transitions={transitions}",
             *self.cfg.overrides.fidelity,
         ]
         evaluate.run(self.stages.job("evaluate", out, overrides, seed))

@@ -161,6 +161,9 @@ def results(cfg: DictConfig, out: Path) -> dict[str, Any]:
             "measured": per_seed[str(first)]["reproduction"] is not None,
         },
         "world_model": _world_model(out / f"seed_{first}" / "fidelity" / "fidelity.json"),
+        "world_model_fit": _world_model(
+            out / f"seed_{first}" / "world_model_fit" / "fidelity.json"
+        ),
         "reward_model": _reward_model(
             out / f"seed_{first}" / "reward_quality" / "reward_quality.json"
         ),
