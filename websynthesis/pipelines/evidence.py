@@ -48,6 +48,7 @@ from __future__ import annotations
 import filecmp
 import json
 import logging
+import math
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -385,7 +386,8 @@ class Evidence:
         ``FIT_SAMPLE``): how well it fitted what it was shown, beside ``fidelity``."""
         rows = list(read_records(self.dir(seed, "real_data") / "transitions.jsonl"))
         sample = out / "training_transitions.jsonl"
-        atomic_write_text(sample, _jsonl(rows[:: max(1, -(-len(rows) // FIT_SAMPLE))]))
+        step = max(1, math.ceil(len(rows) / FIT_SAMPLE))
+        atomic_write_text(sample, _jsonl(rows[::step]))
         self._world_model_on(out, seed, sample)
 
     def _world_model_on(self, out: Path, seed: int, transitions: Path) -> None:
