@@ -175,6 +175,17 @@ def test_step_limit_and_different_seeds_per_attempt() -> None:
     assert len(set(seeds)) == 6  # a fresh seed per step and per attempt
 
 
+def test_arms_on_one_draw_sample_alike_and_another_draw_samples_anew() -> None:
+    def seeds(draw: int | None) -> list[int | None]:
+        script = Script(policy=lambda prompt, request: answer("type [5] [x] [0]"))
+        settings = AgentSettings(max_steps=3) if draw is None else AgentSettings(3, draw=draw)
+        run(Agent(client_for(script), settings), FormEnv())
+        return [r.sampling.seed for r in script.requests]
+
+    assert seeds(None) == seeds(0)  # draw 0 is the stream it always was: arms stay paired
+    assert not set(seeds(1)) & set(seeds(0)) and seeds(1) != seeds(2)
+
+
 def test_environment_failures_are_errors_not_agent_failures(tmp_path: Path) -> None:
     script = Script(policy=lambda prompt, request: answer("type [5] [x] [0]"))
     log = JsonlLog(tmp_path / "transitions.jsonl")

@@ -105,7 +105,10 @@ class EvalConfig:
     policy role's (``null``: keep it). ``max_failures`` failure steps in a row (unusable policy
     output) end an episode. ``policy``: ``model`` (the policy role) or ``random_click`` (a
     uniform random click among the page's clickable elements, the layout-only baseline of
-    :mod:`websynthesis.evaluation.baselines`). world_model: fidelity on the real rows of
+    :mod:`websynthesis.evaluation.baselines`). ``draw``: the sampling stream (each step's
+    sample is seeded by its task, seed, attempt and step, the same for every arm; another
+    draw is an independent one, e.g. exploration per pipeline seed). world_model: fidelity on
+    the real rows of
     ``transitions`` (at most ``limit``), ``batch`` predictions per model call.
     """
 
@@ -118,6 +121,7 @@ class EvalConfig:
     max_steps: int = 10
     max_failures: int = 3
     temperature: float | None = None
+    draw: int = 0
     wmla: WmlaConfig = field(default_factory=WmlaConfig)
     transitions: str | None = None
     limit: int | None = None

@@ -25,6 +25,12 @@ a pipe to its browser worker, so this pauses other episodes only for the read).
 Every executed step is appended to ``transitions.jsonl`` in the raw transition form of
 :mod:`websynthesis.data.transitions` (``imagined: false``) plus the episode's coordinates, as
 it happens: steps of an episode that later errs or is interrupted stay (they are real).
+
+**Sampling is seeded by the step**, ``(task, seed, attempt, step)``: two arms run on the same
+episodes draw the same random numbers (common random numbers: a paired comparison sees the
+policies, not the draw). ``draw`` names another stream (the evidence's exploration takes
+its pipeline seed's, so that each pipeline seed explores anew); draw 0 is the stream it
+always was.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class AgentSettings:
     max_failures: int = 3
     policy_role: str = "policy"
     baseline: RandomClick | None = None  # acts instead of the policy role (and of WMLA)
+    draw: int = 0  # the sampling stream (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -211,7 +218,8 @@ class Agent:
     ) -> Decision | None:
         """The step's action (by WMLA when on), or ``None`` for a counted failure step."""
         spec = episode.spec
-        seed_key = (*spec.key, index)
+        draw = (f"draw {self.config.draw}",) if self.config.draw else ()
+        seed_key = (*spec.key, index, *draw)
         if self.config.baseline is not None:
             return self.config.baseline.decide(observation.tree, stable_seed(*seed_key, "act"))
         if self.planner is not None and index >= self.planner.config.from_step:

@@ -176,6 +176,7 @@ async def _run_episodes(
             max_steps=int(cfg.eval.max_steps),
             max_failures=int(cfg.eval.max_failures),
             baseline=baseline(str(cfg.eval.get("policy", "model"))),
+            draw=int(cfg.eval.get("draw", 0)),
         ),
         planner=planner,
         transitions=JsonlLog(out / "transitions.jsonl"),

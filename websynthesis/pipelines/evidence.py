@@ -206,7 +206,8 @@ class Evidence:
     def _explore(self, out: Path, seed: int) -> None:
         """``explore.attempts`` episodes per training instance, taken in turn by the
         ``explore.explorers`` (each in ``out/<explorer>``): attempt ``a`` is explorer
-        ``a % len(explorers)``'s."""
+        ``a % len(explorers)``'s. Each pipeline seed draws its own exploration
+        (``eval.draw``): the held-out evaluations share one draw, to be paired."""
         explorers = self._explorers()
         for index, explorer in enumerate(explorers):
             attempts = len(range(index, int(self.cfg.explore.attempts), len(explorers)))
@@ -216,7 +217,11 @@ class Evidence:
                     policy=None,
                     seeds=self.cfg.train_seeds,
                     attempts=attempts,
-                    extra=[f"eval.policy={explorer}", *self.cfg.overrides.explore],
+                    extra=[
+                        f"eval.policy={explorer}",
+                        f"eval.draw={seed}",
+                        *self.cfg.overrides.explore,
+                    ],
                     seed=seed,
                 )
 
