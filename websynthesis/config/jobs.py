@@ -108,8 +108,7 @@ class EvalConfig:
     :mod:`websynthesis.evaluation.baselines`). ``draw``: the sampling stream (each step's
     sample is seeded by its task, seed, attempt and step, the same for every arm; another
     draw is an independent one, e.g. exploration per pipeline seed). world_model: fidelity on
-    the real rows of
-    ``transitions`` (at most ``limit``), ``batch`` predictions per model call.
+    the real rows of ``transitions`` (at most ``limit``), ``batch`` predictions per model call.
     """
 
     mode: str = "agent"

@@ -163,11 +163,8 @@ def _reproduces(run: HeadlineRun) -> tuple[bool | None, str]:
     k, m = run.reproduction["imagined_successes"], run.reproduction["reproduced"]
     if k:
         return m / k >= 0.5, f"{run.label}{m} of {k} ({_pct(m / k)})"
-    why = (
-        "the imagined search found none"
-        if run.reproduction.get("measured", True)
-        else ("not run yet")
-    )
+    measured = run.reproduction.get("measured", True)
+    why = "the imagined search found none" if measured else "not run yet"
     return None, f"{run.label}{m} of {k}: {why}"
 
 
