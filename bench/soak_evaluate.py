@@ -5,8 +5,9 @@
 the same episodes: once uninterrupted (the reference), once with faults in its first two
 processes: browser workers SIGKILLed (all at once, then one) and hung (SIGSTOP, until the step
 timeout gives up on them), and the job itself SIGKILLed once. A worker's fault follows a
-recorded step, so that it lands mid-episode (the episode ends in an environment error) or, on
-the other worker, perhaps in a reset (absorbed by the reset's retry on a new worker). The job
+recorded step after which its episode goes on (not done, not a stop, steps left), so that it
+lands mid-episode whatever the pace of the machine (the episode ends in an environment error)
+or, on the other worker, perhaps in a reset (absorbed by the reset's retry on a new worker). The job
 is started again on the same run dir, which reruns the episodes that ended in an environment
 error, until none is left (at most ``RERUNS`` more times).
 
@@ -20,6 +21,7 @@ least one episode was cut short (else nothing rerun was tested).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -37,13 +39,16 @@ from soak_common import REPO, wall_row
 
 from websynthesis.data.episodes import latest_episodes, read_episodes
 from websynthesis.data.records import read_records
+from websynthesis.web.action_parser import parse_action
+from websynthesis.web.action_space import ActionKind
 
+MAX_STEPS = 3
 OVERRIDES = [
     "model=tiny",
     "logger=none",
     "env=miniwob",
     "env.tasks=[click-button,enter-text,choose-list]",
-    "eval.max_steps=3",
+    f"eval.max_steps={MAX_STEPS}",
     "env.pool_size=2",
     "env.step_timeout_s=6",
 ]
@@ -90,6 +95,23 @@ def steps_recorded(run_dir: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+def recorded_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The complete rows of ``transitions.jsonl`` so far (a line being written is left out)."""
+    path = run_dir / "transitions.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")[:-1]
+    return [json.loads(line) for line in lines]
+
+
+def goes_on(row: dict[str, Any]) -> bool:
+    """Whether the episode of a recorded step has another step to take: a fault that comes
+    right after it finds the episode under way (a fault after an episode's last step would find
+    its worker idle, and a restarted idle worker cuts nothing)."""
+    stopped = parse_action(row["action"]).kind is ActionKind.STOP
+    return not (row["done"] or stopped or row["step"] + 1 >= MAX_STEPS)
+
+
 def inject(
     process: subprocess.Popen[bytes],
     plan: tuple[str, ...],
@@ -97,10 +119,10 @@ def inject(
     run: EvalRun,
 ) -> None:
     """Carry out ``plan`` on the running job. A worker's fault comes right after a step was
-    recorded, at a random one of the next few (an episode is then under way on some worker,
-    which the fault hits with the pool's other worker as likely, or both for ``kill_workers``);
-    the job's own kill once an episode cut by an earlier fault is recorded (or 20 s passed),
-    after a random pause."""
+    recorded whose episode goes on, the first such after a random 0-2 more steps (its episode
+    is then under way on some worker, which the fault hits with the pool's other worker as
+    likely, or both for ``kill_workers``); the job's own kill once an episode cut by an
+    earlier fault is recorded (or 20 s passed), after a random pause."""
     for fault in plan:
         if fault == "kill_job":
             deadline = time.monotonic() + 20
@@ -111,11 +133,13 @@ def inject(
                 os.kill(process.pid, signal.SIGKILL)
                 run.faults[fault] += 1
             return
-        target = steps_recorded(run.dir) + rng.randint(1, 3)
+        seen = steps_recorded(run.dir) + rng.randint(0, 2)
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
-            if steps_recorded(run.dir) >= target:
+            rows = recorded_rows(run.dir)
+            if any(goes_on(row) for row in rows[seen:]):
                 break
+            seen = max(seen, len(rows))
             time.sleep(0.02)
         found = workers(process.pid)
         if process.poll() is not None or not found:
