@@ -7,9 +7,9 @@ processes: browser workers SIGKILLed (all at once, then one) and hung (SIGSTOP, 
 timeout gives up on them), and the job itself SIGKILLed once. A worker's fault follows a
 recorded step after which its episode goes on (not done, not a stop, steps left), so that it
 lands mid-episode whatever the pace of the machine (the episode ends in an environment error)
-or, on the other worker, perhaps in a reset (absorbed by the reset's retry on a new worker). The job
-is started again on the same run dir, which reruns the episodes that ended in an environment
-error, until none is left (at most ``RERUNS`` more times).
+or, on the other worker, perhaps in a reset (absorbed by the reset's retry on a new worker).
+The job is started again on the same run dir, which reruns the episodes that ended in an
+environment error, until none is left (at most ``RERUNS`` more times).
 
 Asserted: no episode lost (every reference episode has an error-free line at the end); each
 episode's latest line has the reference's success, reward, end, steps and actions; its last
@@ -21,7 +21,6 @@ least one episode was cut short (else nothing rerun was tested).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -90,20 +89,6 @@ def workers(pid: int) -> list[psutil.Process]:
     return found
 
 
-def steps_recorded(run_dir: Path) -> int:
-    path = run_dir / "transitions.jsonl"
-    return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
-def recorded_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """The complete rows of ``transitions.jsonl`` so far (a line being written is left out)."""
-    path = run_dir / "transitions.jsonl"
-    if not path.exists():
-        return []
-    lines = path.read_bytes().split(b"\n")[:-1]
-    return [json.loads(line) for line in lines]
-
-
 def goes_on(row: dict[str, Any]) -> bool:
     """Whether the episode of a recorded step has another step to take: a fault that comes
     right after it finds the episode under way (a fault after an episode's last step would find
@@ -133,10 +118,11 @@ def inject(
                 os.kill(process.pid, signal.SIGKILL)
                 run.faults[fault] += 1
             return
-        seen = steps_recorded(run.dir) + rng.randint(0, 2)
+        recorded = run.dir / "transitions.jsonl"  # read_records skips a line being written
+        seen = len(list(read_records(recorded))) + rng.randint(0, 2)
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
-            rows = recorded_rows(run.dir)
+            rows = list(read_records(recorded))
             if any(goes_on(row) for row in rows[seen:]):
                 break
             seen = max(seen, len(rows))
