@@ -260,9 +260,12 @@ def run_mode(args: argparse.Namespace, streaming: bool, in_flight: int = 1) -> d
         )
         start = time.perf_counter()
         work = tasks(args.trees, distinct=True)
-        if args.distinct_pages:
+        if args.distinct_pages:  # each tree's own first page (as tasks() picks it), marked
+            pages = [t.state or "" for t in load_tasks("demo")]
             work = [
-                replace(t, root=WebState(t.task_id, parse_axtree(marked(task.state, str(i)))))
+                replace(
+                    t, root=WebState(t.task_id, parse_axtree(marked(pages[i % len(pages)], str(i))))
+                )
                 for i, t in enumerate(work)
             ]
         results = search.run(work)
