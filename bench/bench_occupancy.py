@@ -122,7 +122,7 @@ class SimulatedEngine:
                 for j in range(request.sampling.n)
             ]
             answer.completion_tokens = sum(lengths)
-            mark = COPY_MARK.search(json.dumps(request.messages))
+            mark = COPY_MARK.search(key)  # the messages, serialised once
             tree = mark.group(1) if mark else "?"
             self.unmarked += mark is None
             if self.distinct_pages and request.role == "world_model":
