@@ -122,7 +122,6 @@ def local_site(tmp_path: Path, serve_dir: Callable[[Path], str]) -> str:
 
 
 @pytest.mark.browser
-@pytest.mark.browser
 def test_pages_reach_the_machine_but_no_other_host(local_site: str) -> None:
     with make_env(EnvConfig(name="miniwob")) as env:
         env.reset("click-button", seed=0)
@@ -137,7 +136,6 @@ def test_pages_reach_the_machine_but_no_other_host(local_site: str) -> None:
 
 @pytest.mark.browser
 @pytest.mark.slow
-@pytest.mark.browser
 def test_webarena_tasks_open_on_the_configured_site(local_site: str) -> None:
     task = Task(
         "7", intent="Read the page", start_url="__SHOPPING__/index.html", sites=("shopping",)
@@ -187,3 +185,32 @@ def test_text_ids_follow_structure_and_never_look_like_bids() -> None:
     assert labels[:2] == ["TA7", "TB7"] and labels[25:] == ["TZ7", "TAA7", "TAB7"]
     owners = [owner_of_text_id(i) for i in ("TA12", "TAB7", "TAa5", "RA0", "RAa0", "12", "a5")]
     assert owners == ["12", "7", "a5", None, None, None, None]
+
+
+def test_a_bid_repeated_below_its_element_becomes_a_structural_id() -> None:
+    # A date input's spinbuttons sit in Chromium's own shadow tree, and BrowserGym gives them
+    # the input's bid: the first node with a bid keeps it, the repeats are numbered under it.
+    tree = {
+        "nodes": [
+            ax_node("1", ("2", "6")),
+            ax_node("2", ("3", "5"), bid="14"),  # the date input
+            ax_node("3", ("4",), bid="14"),  # its month spinbutton
+            ax_node("4"),  # the spinbutton's "mm"
+            ax_node("5", bid="14"),  # its picker button
+            ax_node("6", bid="15"),
+        ]
+    }
+    ids = [node["browsergym_id"] for node in assign_text_ids(tree)["nodes"]]
+    assert ids == ["RA0", "14", "TA14", "TB14", "TC14", "15"]
+    assert [owner_of_text_id(i) for i in ids[2:5]] == ["14", "14", "14"]
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("task", ["enter-date", "enter-time"])
+def test_a_date_or_time_input_gives_a_page_with_one_id_per_line(task: str) -> None:
+    with make_env(EnvConfig(name="miniwob")) as env:
+        observation = env.reset(task, seed=0)
+    assert observation.tree.errors == []
+    ids = [node.id for node in observation.tree.nodes]
+    assert len(ids) == len(set(ids))
+    assert "[14] " in observation.text and "spinbutton" in observation.text

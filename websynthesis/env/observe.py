@@ -12,6 +12,13 @@ renders WebArena's. Two gaps are closed first:
   does not renumber them: ``TB15`` is the second bid-less node under element ``15``;
   ``RA0`` is the first with no element above it (the page's root), ``RAa0`` under iframe
   ``a``. Chromium's own AX node ids would be shorter but differ between sessions.
+- The parts of a form control that Chromium builds itself (a date input's month, day and year
+  spinbuttons and its picker button; a time input's fields) sit in a shadow tree no script
+  can tag, and BrowserGym hands them their host's bid: ``enter-date`` and ``enter-time``
+  listed four nodes ``[14]``, a page the parser rejects (``duplicate_id``) and synthesis
+  skips. A bid already taken by a node before it in document order is therefore one the
+  node inherited: it gets a structural id as a bid-less node does (``TA14``), so an action
+  on it goes to the element that owns the bid (:func:`owner_of_text_id`).
 """
 
 from __future__ import annotations
@@ -54,7 +61,8 @@ def observation_fields(obs: dict[str, Any]) -> dict[str, Any]:
 
 
 def assign_text_ids(axtree: dict[str, Any]) -> dict[str, Any]:
-    """Set ``browsergym_id`` on every bid-less node reachable from the root (in place).
+    """Set ``browsergym_id`` on every bid-less node reachable from the root, and on every
+    node that repeats a bid an earlier node holds (in place).
 
     Nodes are numbered in document order per nearest element above them (see the module
     docstring); each node is visited once, frames included (BrowserGym links an iframe's
@@ -63,17 +71,20 @@ def assign_text_ids(axtree: dict[str, Any]) -> dict[str, Any]:
     nodes = {node["nodeId"]: node for node in axtree["nodes"]}
     counts: Counter[str] = Counter()
     seen: set[str] = set()
+    bids: set[str] = set()
     stack = [(axtree["nodes"][0], "")] if axtree["nodes"] else []
     while stack:
         node, owner = stack.pop()
         if node["nodeId"] in seen:
             continue
         seen.add(node["nodeId"])
-        if node.get("browsergym_id") is None:
+        bid = node.get("browsergym_id")
+        if bid is None or bid in bids:  # no bid, or its host's (a control's own parts)
             counts[owner] += 1
             node["browsergym_id"] = _text_id(owner, counts[owner])
         else:
-            owner = node["browsergym_id"]
+            bids.add(bid)
+            owner = bid
         children = [nodes[child] for child in node.get("childIds", ()) if child in nodes]
         stack.extend((child, owner) for child in reversed(children))
     return axtree
