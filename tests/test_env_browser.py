@@ -203,14 +203,3 @@ def test_a_bid_repeated_below_its_element_becomes_a_structural_id() -> None:
     ids = [node["browsergym_id"] for node in assign_text_ids(tree)["nodes"]]
     assert ids == ["RA0", "14", "TA14", "TB14", "TC14", "15"]
     assert [owner_of_text_id(i) for i in ids[2:5]] == ["14", "14", "14"]
-
-
-@pytest.mark.browser
-@pytest.mark.parametrize("task", ["enter-date", "enter-time"])
-def test_a_date_or_time_input_gives_a_page_with_one_id_per_line(task: str) -> None:
-    with make_env(EnvConfig(name="miniwob")) as env:
-        observation = env.reset(task, seed=0)
-    assert observation.tree.errors == []
-    ids = [node.id for node in observation.tree.nodes]
-    assert len(ids) == len(set(ids))
-    assert "[14] " in observation.text and "spinbutton" in observation.text

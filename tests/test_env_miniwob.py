@@ -21,6 +21,7 @@ import pytest
 from websynthesis.config import EnvConfig
 from websynthesis.env.base import EnvError, Observation
 from websynthesis.env.browsergym_env import BrowserGymEnv, make_env
+from websynthesis.env.miniwob import TASKS
 from websynthesis.env.worker import browsergym_actions
 from websynthesis.web.action_sets import action_set
 from websynthesis.web.actions import Action, ActionKind, listed_options, parse_action
@@ -234,3 +235,28 @@ def test_actions_wait_the_configured_timeout_not_browsergyms_500_ms() -> None:
         hidden = live.step(parse_action(f"click [{option}]"))
     assert hidden.error is None
     assert "Timeout 700ms exceeded" in (hidden.observation.last_action_error or "")
+
+
+@pytest.mark.parametrize("task", ["enter-date", "enter-time"])
+def test_a_date_or_time_input_gives_a_page_with_one_id_per_line(
+    env: BrowserGymEnv, task: str
+) -> None:
+    # The input's spinbuttons carry its bid in BrowserGym's tree (see env/observe.py).
+    observation = env.reset(task, seed=0)
+    assert observation.tree.errors == []
+    ids = [node.id for node in observation.tree.nodes]
+    assert len(ids) == len(set(ids))
+    assert re.search(r"^\t\[14\] \w+ ''$", observation.text, re.M)
+    assert re.search(r"^\t\t\[T[A-Z]+14\] spinbutton ", observation.text, re.M)
+
+
+@pytest.mark.slow
+def test_every_miniwob_task_opens_on_a_well_formed_page(env: BrowserGymEnv) -> None:
+    # The tasks a user picks are any of the 125, not the handful the tests and evidence use.
+    broken = {}
+    for task in sorted(TASKS):
+        errors = env.reset(task, seed=0).tree.errors
+        if errors:
+            broken[task] = [str(error) for error in errors[:3]]
+    assert len(TASKS) >= 100
+    assert broken == {}
