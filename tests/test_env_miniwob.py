@@ -250,6 +250,24 @@ def test_a_date_or_time_input_gives_a_page_with_one_id_per_line(
     assert re.search(r"^\t\t\[T[A-Z]+14\] spinbutton ", observation.text, re.M)
 
 
+def browser_value(task: str, goal: str) -> str:
+    """The date or time of ``goal`` in the input's value format (what Playwright's fill takes)."""
+    if task == "enter-date":
+        month, day, year = re.search(r"(\d\d)/(\d\d)/(\d{4})", goal).groups()
+        return f"{year}-{month}-{day}"
+    hour, minute, half = re.search(r"(\d{1,2}):(\d\d) ([AP]M)", goal).groups()
+    return f"{int(hour) % 12 + (12 if half == 'PM' else 0):02d}:{minute}"
+
+
+@pytest.mark.parametrize("task", ["enter-date", "enter-time"])
+def test_a_date_or_time_input_is_typed_in_its_value_format(env: BrowserGymEnv, task: str) -> None:
+    observation = env.reset(task, seed=1)
+    typed = env.step(parse_action(f"type [14] [{browser_value(task, observation.goal)}]"))
+    assert typed.observation.last_action_error is None
+    result = env.step(parse_action("click [15]"))
+    assert (result.reward, result.done) == (1.0, True)
+
+
 @pytest.mark.slow
 def test_every_miniwob_task_opens_on_a_well_formed_page(env: BrowserGymEnv) -> None:
     # The tasks a user picks are any of the 125, not the handful the tests and evidence use.

@@ -15,6 +15,7 @@ import xgrammar as xgr
 from websynthesis.backends.constraints import GrammarCompiler
 from websynthesis.backends.local import LocalBackend
 from websynthesis.backends.types import Generation, GenerationRequest, Sampling, generate
+from websynthesis.roles.client import Role, RoleSettings
 from websynthesis.roles.grammar import (
     a11y_grammar,
     action_grammar,
@@ -22,12 +23,14 @@ from websynthesis.roles.grammar import (
     judge_grammar,
     score_grammar,
 )
+from websynthesis.roles.prompts import PolicyInput
 from websynthesis.web.actions import (
     ANSWER_PHRASE,
     ActionKind,
     ActionParseError,
     extract_action,
     format_response,
+    parse_action,
 )
 from websynthesis.web.observation import parse_axtree
 
@@ -208,6 +211,28 @@ def test_type_only_into_typeable_ids_and_goto_only_to_allowed_prefixes(
     assert not accepts(compiler, grammar, "Go." + answer.format("goto [http://evil.com/]"))
     no_goto = action_grammar(["12"], goto_prefixes=[])
     assert not accepts(compiler, no_goto, "Go." + answer.format("goto [http://localhost:7000/]"))
+
+
+DATE_PAGE = """Tab 0 (current): Enter Date Task
+
+[RA0] RootWebArea 'Enter Date Task' focused: True
+\t[14] Date ''
+\t\t[TD14] spinbutton 'Month' value: 0 valuemin: 1 valuemax: 12
+\t\t\t[TE14] StaticText 'mm'
+\t\t[TQ14] button 'Show date picker' hasPopup: menu
+\t[15] button 'Submit'
+"""
+
+
+def test_the_policy_may_type_into_a_date_input(compiler: GrammarCompiler) -> None:
+    page = parse_axtree(DATE_PAGE)
+    grammar = Role("policy", RoleSettings("policy", constrained=True)).grammar(
+        PolicyInput("Enter 02/04/2012 as the date and hit submit.", page)
+    )
+    answer = "Type it. In summary, the next action I will perform is ```{}```"
+    assert accepts(compiler, grammar, answer.format("type [14] [2012-02-04] [0]"))
+    assert not accepts(compiler, grammar, answer.format("type [15] [2012-02-04] [0]"))
+    assert parse_action("type [14] [2012-02-04] [0]").validate(page)
 
 
 def test_go_back_grammar(compiler: GrammarCompiler) -> None:

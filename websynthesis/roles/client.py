@@ -148,7 +148,9 @@ def _policy_grammar(inp: PolicyInput, s: RoleSettings) -> str:
     if budget is not None:
         shown = shown.truncate(max_chars=budget)
     ids = [node.id for node in shown.nodes if node.id is not None]
-    typeable = [n.id for n in shown.nodes if n.id is not None and n.role in TYPEABLE_ROLES]
+    typeable = [
+        n.id for n in shown.nodes if n.id is not None and n.role.casefold() in TYPEABLE_ROLES
+    ]
     options = {
         n.id: listed_options(n)
         for n in shown.nodes

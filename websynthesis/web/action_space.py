@@ -157,10 +157,16 @@ class AXTreeLike(Protocol):
     def get(self, node_id: str) -> AXNodeLike | None: ...
 
 
-# Roles that accept typed text. Chrome exposes <input>, <textarea> and contenteditable as
-# "textbox", search inputs as "searchbox", autocompletes and <select> as "combobox" and number
-# inputs as "spinbutton" (the four text-entry roles found in the WebArena start pages).
-TYPEABLE_ROLES = frozenset({"textbox", "searchbox", "combobox", "spinbutton"})
+# Roles that accept typed text (compared case-folded). Chrome exposes <input>, <textarea> and
+# contenteditable as "textbox", search inputs as "searchbox", autocompletes and <select> as
+# "combobox" and number inputs as "spinbutton" (the four text-entry roles found in the WebArena
+# start pages); date inputs as "Date", time inputs as "InputTime", datetime-local, month and
+# week inputs as "DateTime": these take text in the browser's value format (``2012-02-04``,
+# ``13:05``, ``2012-02-04T13:05``, ``2012-02``, ``2012-W05``); Playwright's ``fill``, which
+# BrowserGym's ``fill`` calls, refuses any other as a malformed value.
+TYPEABLE_ROLES = frozenset(
+    {"textbox", "searchbox", "combobox", "spinbutton", "date", "inputtime", "datetime"}
+)
 # Roles whose options select_option can choose: Chrome exposes <select> as "combobox"
 # (a drop-down) or "listbox" (with ``size`` or ``multiple``), its <option>s as "option".
 SELECTABLE_ROLES = frozenset({"combobox", "listbox"})
