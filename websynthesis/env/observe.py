@@ -1,7 +1,7 @@
 """BrowserGym's observation dict as the canonical tree text the models read and write.
 
 ``flatten_axtree_to_str`` prints BrowserGym's dialect; :func:`parse_axtree` reads it and
-renders WebArena's. Two gaps are closed first:
+renders WebArena's. Three gaps are closed first:
 
 - Chromium (since ~v120) lists ``InlineTextBox`` nodes, each repeating its text: dropped.
 - Text nodes and document roots have no bid (BrowserGym tags DOM elements only), so their
