@@ -210,7 +210,8 @@ def _figure(value: float | None) -> str:
 
 def run_mode(args: argparse.Namespace, streaming: bool, in_flight: int = 1) -> dict[str, Any]:
     """One synthesis search over HTTP against a fresh simulated engine."""
-    task = load_tasks("demo")[0]
+    demo = load_tasks("demo")
+    task = demo[0]
     assert task.state is not None
     table = Table(task.state, ["click [21]", "click [22]", "type [15] [Le Guin] [1]", "click [16]"])
     cfg = compose_config(
@@ -261,7 +262,7 @@ def run_mode(args: argparse.Namespace, streaming: bool, in_flight: int = 1) -> d
         start = time.perf_counter()
         work = tasks(args.trees, distinct=True)
         if args.distinct_pages:  # each tree's own first page (as tasks() picks it), marked
-            pages = [t.state or "" for t in load_tasks("demo")]
+            pages = [t.state or "" for t in demo]
             work = [
                 replace(
                     t, root=WebState(t.task_id, parse_axtree(marked(pages[i % len(pages)], str(i))))

@@ -15,7 +15,7 @@ renders WebArena's. Three gaps are closed first:
 - The parts of a form control that Chromium builds itself (a date input's month, day and year
   spinbuttons and its picker button; a time input's fields) sit in a shadow tree no script
   can tag, and BrowserGym hands them their host's bid: ``enter-date`` and ``enter-time``
-  listed four nodes ``[14]``, a page the parser rejects (``duplicate_id``) and synthesis
+  listed five lines ``[14]``, a page the parser rejects (``duplicate_id``) and synthesis
   skips. A bid already taken by a node before it in document order is therefore one the
   node inherited: it gets a structural id as a bid-less node does (``TA14``), so an action
   on it goes to the element that owns the bid (:func:`owner_of_text_id`).
